@@ -1,0 +1,90 @@
+"""Input validation shared by every public op.
+
+Shape/dtype/device checks never touch device memory. Value checks (lengths within
+capacity, modes in range) need the values on the host: they always run for CPU
+tensors; for CUDA tensors they copy a few integers to the host unless disabled with
+TRIDIFF_CHECK_VALUES=0, and they are skipped automatically while a CUDA graph is
+being captured or torch.compile is tracing (a host copy is impossible there).
+Every check runs before an op writes anything, so a refused call leaves all
+memory as it was.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+INDEX_DTYPES = (torch.int32, torch.int64)
+
+
+class TridiffInputError(ValueError):
+    """Raised for bad arguments to a tridiff op; the message names the argument."""
+
+
+def fail(arg: str, expected: str, got) -> None:
+    raise TridiffInputError(f"{arg}: expected {expected}, got {got}")
+
+
+def tensor(arg: str, x, *, ndim=None, dtypes=None, device=None) -> None:
+    if not isinstance(x, torch.Tensor):
+        fail(arg, "a torch.Tensor", type(x).__name__)
+    if ndim is not None and x.dim() != ndim:
+        fail(arg, f"{ndim} dimensions", f"shape {tuple(x.shape)}")
+    if dtypes is not None and x.dtype not in dtypes:
+        names = "/".join(str(d).replace("torch.", "") for d in dtypes)
+        fail(arg, f"dtype {names}", str(x.dtype).replace("torch.", ""))
+    if device is not None and x.device != device:
+        fail(arg, f"device {device}", x.device)
+
+
+def shape(arg: str, x: torch.Tensor, expected: tuple) -> None:
+    """`expected` may hold None for a free dimension."""
+    ok = x.dim() == len(expected) and all(e is None or e == s for e, s in zip(expected, x.shape))
+    if not ok:
+        want = "[" + ", ".join("*" if e is None else str(e) for e in expected) + "]"
+        fail(arg, f"shape {want}", f"shape {tuple(x.shape)}")
+
+
+def values_checkable(x: torch.Tensor) -> bool:
+    """Whether value checks (which read tensor contents on the host) run for `x`."""
+    if x.device.type == "cpu" and not _tracing():
+        return True
+    if os.environ.get("TRIDIFF_CHECK_VALUES", "1") == "0":
+        return False
+    if _tracing():
+        return False
+    if x.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return False
+    return True
+
+
+def _tracing() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and compiler.is_compiling():
+        return True
+    try:
+        from torch._subclasses.fake_tensor import FakeTensor  # noqa: F401
+        from torch._guards import detect_fake_mode
+
+        return detect_fake_mode() is not None
+    except Exception:  # pragma: no cover - private API moved
+        return False
+
+
+def is_fake(x: torch.Tensor) -> bool:
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return isinstance(x, FakeTensor) or x.device.type == "meta"
+
+
+def lengths_in_range(arg: str, lens: torch.Tensor, low: int, high, high_desc: str) -> None:
+    """0 <= low <= lens[b] <= high[b] for every row (high: int or tensor)."""
+    if not values_checkable(lens) or is_fake(lens):
+        return
+    vals = lens.detach().to("cpu", torch.int64)
+    hi = high.detach().to("cpu", torch.int64) if isinstance(high, torch.Tensor) else torch.full_like(vals, int(high))
+    bad = (vals < low) | (vals > hi)
+    if bool(bad.any()):
+        b = int(bad.nonzero()[0, 0])
+        fail(arg, f"values in [{low}, {high_desc}] (row {b}: limit {int(hi[b])})", f"{int(vals[b])} at row {b}")

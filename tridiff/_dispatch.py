@@ -1,0 +1,103 @@
+"""Backend selection for every public op.
+
+A backend is a Python module that defines, for each op it serves, a function with
+the reference's exact signature, and optionally `supports_<op>(*args, **kwargs)`
+returning None or the reason it cannot take these inputs. The module may also
+define `unavailable()` returning None or the reason the whole backend is missing
+(not installed, not built, no device). Modules are imported lazily, so importing
+tridiff never needs triton, a GPU or a compiled extension.
+
+"auto" tries AUTO_ORDER for the device of the first tensor argument and picks the
+first backend that is available and supports the inputs; the torch reference
+serves everything, so "auto" always finds one. Asking for a named backend that
+cannot serve raises BackendUnavailable with the reason.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+import torch
+
+BACKEND_MODULES = {
+    "torch": "tridiff.reference",
+    "triton": "tridiff.triton",
+    "cuda": "tridiff.cuda",
+    "cpp": "tridiff.cpp",
+}
+BACKENDS = tuple(BACKEND_MODULES)
+
+# Fastest first, per device type; refined per op as benchmarks show (bench/NOTES.md).
+AUTO_ORDER = {
+    "cuda": ("cuda", "triton", "torch"),
+    "cpu": ("cpp", "torch"),
+}
+# Per-op overrides of AUTO_ORDER: {op_name: {device_type: (backends...)}}.
+AUTO_ORDER_PER_OP: dict[str, dict[str, tuple[str, ...]]] = {}
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested backend cannot serve this call; the message says why."""
+
+
+_modules: dict[str, object] = {}
+_import_errors: dict[str, str] = {}
+
+
+def backend_module(name: str):
+    """Import a backend module, or return None and remember why it failed."""
+    if name in _modules:
+        return _modules[name]
+    if name in _import_errors:
+        return None
+    try:
+        mod = importlib.import_module(BACKEND_MODULES[name])
+    except ImportError as exc:
+        _import_errors[name] = f"backend {name!r} cannot be imported: {exc}"
+        return None
+    _modules[name] = mod
+    return mod
+
+
+def why_not(name: str, op: str, args: tuple, kwargs: dict):
+    """None if backend `name` can serve op(*args, **kwargs), else the reason."""
+    mod = backend_module(name)
+    if mod is None:
+        return _import_errors[name]
+    unavailable = getattr(mod, "unavailable", None)
+    reason = unavailable() if unavailable is not None else None
+    if reason:
+        return f"backend {name!r} is unavailable: {reason}"
+    if not hasattr(mod, op):
+        return f"backend {name!r} does not implement {op}"
+    supports = getattr(mod, f"supports_{op}", None)
+    reason = supports(*args, **kwargs) if supports is not None else None
+    if reason:
+        return f"backend {name!r} cannot serve {op} for these inputs: {reason}"
+    return None
+
+
+def resolve(op: str, backend: str, device: torch.device, args: tuple, kwargs: dict) -> str:
+    """Turn "auto" or a backend name into the concrete backend that will run."""
+    forced = os.environ.get("TRIDIFF_BACKEND")
+    if backend == "auto" and forced:
+        backend = forced
+    if backend != "auto":
+        if backend not in BACKEND_MODULES:
+            raise BackendUnavailable(f"backend: expected one of auto/{'/'.join(BACKENDS)}, got {backend!r}")
+        reason = why_not(backend, op, args, kwargs)
+        if reason:
+            raise BackendUnavailable(reason)
+        return backend
+    order = AUTO_ORDER_PER_OP.get(op, {}).get(device.type) or AUTO_ORDER.get(device.type, ("torch",))
+    for name in order:
+        if why_not(name, op, args, kwargs) is None:
+            return name
+    return "torch"
+
+
+def implementation(op: str, backend: str):
+    mod = backend_module(backend)
+    if mod is None:
+        raise BackendUnavailable(_import_errors[backend])
+    return getattr(mod, op)

@@ -1,0 +1,18 @@
+"""tridiff's public op API. Each op validates its inputs, picks a backend
+(backend="auto"|"torch"|"triton"|"cuda"|"cpp") and runs through torch.library, so
+torch.compile and CUDA graphs can take it. Layouts are written in each module.
+"""
+from tridiff._checks import TridiffInputError
+from tridiff._dispatch import BackendUnavailable
+from tridiff.modes import Mode
+from tridiff.ops.attention import attention
+from tridiff.ops.kv_cache import (
+    kv_append_, kv_commit_, kv_compact_, kv_rollback_, kv_write_, paged_release_, paged_reserve_,
+    quadratic_verify_slots,
+)
+
+__all__ = [
+    "Mode", "TridiffInputError", "BackendUnavailable", "attention", "kv_write_", "kv_append_",
+    "kv_commit_", "kv_rollback_", "kv_compact_", "quadratic_verify_slots", "paged_reserve_",
+    "paged_release_",
+]

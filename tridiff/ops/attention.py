@@ -1,0 +1,133 @@
+"""Public mode-switchable attention over a KV cache.
+
+    out = attention(q, k, v, k_cache, v_cache, cache_lens, modes, *, mode_args=None,
+                    q_lens=None, block_table=None, softmax_scale=None, write_kv=False,
+                    backend="auto")
+
+Layouts (B rows, Tq new-token slots, GQA with Hq a multiple of Hkv):
+  q            [B, Tq, Hq, D]      queries of the new tokens (rotary already applied)
+  k, v         [B, Tq, Hkv, D]     keys/values of the new tokens
+  k/v_cache    [B, Tmax, Hkv, D]   contiguous, or [num_pages, page, Hkv, D] with
+  block_table  [B, max_pages] int32 (paged; -1 = no page)
+  cache_lens   [B] int32           committed length P of each row
+  modes        Mode, int or [B] int tensor (tridiff.Mode values), per row
+  mode_args    int or [B] int32    QUADRATIC: L (row has L*(L+1) new tokens);
+                                   CAUSAL_THEN_BIDIR: K (last K new tokens = the block)
+  q_lens       int or [B] int32    new tokens per row (<= Tq; default Tq); rows
+                                   past q_lens[b] get zeros
+  out          [B, Tq, Hq, D]      dtype of q
+write_kv=True also stores k/v[b, :q_lens[b]] in cache slots P.. of row b (in place,
+lengths NOT advanced: commit with kv_commit_). Mutates k_cache/v_cache only then.
+Visibility per mode is SPEC.md section 2; tridiff.reference.attention.visibility is
+its executable form.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from tridiff import _checks as chk
+from tridiff import _dispatch
+from tridiff.modes import NUM_MODES, Mode
+from tridiff.ops._common import block_table_tensor, lens_tensor, pages_cover, per_row, run
+from tridiff.reference._slots import capacity
+
+
+@torch.library.custom_op("tridiff::attention", mutates_args=("k_cache", "v_cache"))
+def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
+                  v_cache: torch.Tensor, cache_lens: torch.Tensor, modes: torch.Tensor,
+                  mode_args: torch.Tensor, q_lens: torch.Tensor, block_table: Optional[torch.Tensor],
+                  softmax_scale: float, write_kv: bool, backend: str) -> torch.Tensor:
+    impl = _dispatch.implementation("attention", backend)
+    return impl(q, k, v, k_cache, v_cache, cache_lens, modes, mode_args, q_lens, block_table,
+                softmax_scale, write_kv)
+
+
+@_attention_op.register_fake
+def _attention_fake(q, k, v, k_cache, v_cache, cache_lens, modes, mode_args, q_lens, block_table,
+                    softmax_scale, write_kv, backend):
+    return torch.empty_like(q)
+
+
+def attention(q, k, v, k_cache, v_cache, cache_lens, modes, *, mode_args=None, q_lens=None,
+              block_table=None, softmax_scale=None, write_kv=False, backend="auto"):
+    args = normalize_attention_args(q, k, v, k_cache, v_cache, cache_lens, modes, mode_args,
+                                    q_lens, block_table, softmax_scale, write_kv)
+    return run("attention", backend, q.device, args, _attention_op)
+
+
+def normalize_attention_args(q, k, v, k_cache, v_cache, cache_lens, modes, mode_args, q_lens,
+                             block_table, softmax_scale, write_kv) -> tuple:
+    """Validate everything (shapes, dtypes, devices, then values) and return the
+    positional argument tuple that every backend's `attention` takes."""
+    chk.tensor("q", q, ndim=4, dtypes=chk.FLOAT_DTYPES)
+    B, Tq, Hq, D = q.shape
+    dev = q.device
+    for name, x in (("k", k), ("v", v)):
+        chk.tensor(name, x, ndim=4, dtypes=(q.dtype,), device=dev)
+        chk.shape(name, x, (B, Tq, None, D))
+    Hkv = k.shape[2]
+    chk.shape("v", v, (B, Tq, Hkv, D))
+    if Hkv == 0 or Hq % Hkv != 0:
+        chk.fail("q", f"a head count Hq that is a multiple of Hkv={Hkv}", f"Hq={Hq}")
+    if block_table is None:
+        for name, x in (("k_cache", k_cache), ("v_cache", v_cache)):
+            chk.tensor(name, x, ndim=4, dtypes=(q.dtype,), device=dev)
+            chk.shape(name, x, (B, None, Hkv, D))
+    else:
+        block_table_tensor(block_table, B, dev)
+        for name, x in (("k_cache", k_cache), ("v_cache", v_cache)):
+            chk.tensor(name, x, ndim=4, dtypes=(q.dtype,), device=dev)
+            chk.shape(name, x, (None, None, Hkv, D))
+    chk.shape("v_cache", v_cache, tuple(k_cache.shape))
+    lens_tensor("cache_lens", cache_lens, B, dev)
+
+    if isinstance(modes, Mode) or (isinstance(modes, int) and not isinstance(modes, bool)):
+        if not 0 <= int(modes) < NUM_MODES:
+            chk.fail("modes", f"a tridiff.Mode value in [0, {NUM_MODES})", int(modes))
+    modes_t = per_row("modes", modes, B, dev, dtype=torch.int8)
+    mode_args_t = per_row("mode_args", mode_args, B, dev, default=0)
+    q_lens_t = per_row("q_lens", q_lens, B, dev, default=Tq)
+    if softmax_scale is None:
+        softmax_scale = D ** -0.5
+    if not isinstance(softmax_scale, (int, float)) or not softmax_scale > 0:
+        chk.fail("softmax_scale", "a positive float", softmax_scale)
+    if not isinstance(write_kv, bool):
+        chk.fail("write_kv", "a bool", type(write_kv).__name__)
+
+    cap = capacity(k_cache, block_table)
+    _check_attention_values(modes_t, mode_args_t, q_lens_t, cache_lens, Tq, cap, write_kv)
+    if block_table is not None:
+        upto = cache_lens + q_lens_t if write_kv else cache_lens
+        pages_cover(block_table, k_cache.shape[0], k_cache.shape[1], upto,
+                    "covering the committed keys" + (" and the written new keys" if write_kv else ""))
+    return (q, k, v, k_cache, v_cache, cache_lens, modes_t, mode_args_t, q_lens_t, block_table,
+            float(softmax_scale), write_kv)
+
+
+def _check_attention_values(modes, mode_args, q_lens, cache_lens, Tq, cap, write_kv) -> None:
+    if not chk.values_checkable(modes) or chk.is_fake(modes):
+        return
+    chk.lengths_in_range("modes", modes, 0, NUM_MODES - 1, f"{NUM_MODES - 1} (tridiff.Mode)")
+    chk.lengths_in_range("q_lens", q_lens, 0, Tq, f"Tq={Tq}")
+    if write_kv:
+        chk.lengths_in_range("cache_lens", cache_lens, 0, cap - q_lens,
+                             f"capacity {cap} minus q_lens (write_kv=True)")
+    else:
+        chk.lengths_in_range("cache_lens", cache_lens, 0, cap, f"capacity {cap}")
+    m = modes.detach().cpu().long()
+    arg = mode_args.detach().cpu().long()
+    n = q_lens.detach().cpu().long()
+    quad = m == Mode.QUADRATIC
+    bad = quad & ((arg < 1) | (arg * (arg + 1) != n))
+    if bool(bad.any()):
+        b = int(bad.nonzero()[0, 0])
+        chk.fail("mode_args", "L >= 1 with q_lens == L*(L+1) on QUADRATIC rows",
+                 f"L={int(arg[b])}, q_lens={int(n[b])} at row {b}")
+    ctb = m == Mode.CAUSAL_THEN_BIDIR
+    bad = ctb & ((arg < 0) | (arg > n))
+    if bool(bad.any()):
+        b = int(bad.nonzero()[0, 0])
+        chk.fail("mode_args", "0 <= K <= q_lens on CAUSAL_THEN_BIDIR rows",
+                 f"K={int(arg[b])}, q_lens={int(n[b])} at row {b}")

@@ -1,0 +1,14 @@
+"""Plain-PyTorch reference implementations: the definition of truth for every op,
+and the CPU path. Same function names and positional signatures as the backend
+contract in tridiff._dispatch. Float math accumulates in fp32 (fp64 for fp64 input).
+"""
+from tridiff.reference.attention import attention, visibility
+from tridiff.reference.kv_cache import (
+    kv_append_, kv_commit_, kv_compact_, kv_rollback_, kv_write_, paged_release_, paged_reserve_,
+    quadratic_verify_slots,
+)
+
+__all__ = [
+    "attention", "visibility", "kv_write_", "kv_append_", "kv_commit_", "kv_rollback_",
+    "kv_compact_", "quadratic_verify_slots", "paged_reserve_", "paged_release_",
+]
