@@ -59,6 +59,17 @@ def backend_module(name: str):
     return mod
 
 
+def load_all() -> None:
+    """Import every backend module now (each is light: no triton, no compiled code).
+
+    Called when tridiff.ops is imported so that torch.compile can trace backend
+    resolution: Dynamo cannot trace an import, but it traces the dict look-ups and
+    supports_<op> checks that follow one.
+    """
+    for name in BACKEND_MODULES:
+        backend_module(name)
+
+
 def why_not(name: str, op: str, args: tuple, kwargs: dict):
     """None if backend `name` can serve op(*args, **kwargs), else the reason."""
     mod = backend_module(name)
@@ -78,7 +89,8 @@ def why_not(name: str, op: str, args: tuple, kwargs: dict):
 
 
 def resolve(op: str, backend: str, device: torch.device, args: tuple, kwargs: dict) -> str:
-    """Turn "auto" or a backend name into the concrete backend that will run."""
+    """Turn "auto" or a backend name into the concrete backend that will run.
+    """
     forced = os.environ.get("TRIDIFF_BACKEND")
     if backend == "auto" and forced:
         backend = forced
