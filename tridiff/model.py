@@ -1,0 +1,313 @@
+"""The tri-mode network (SPEC.md section 1) built on tridiff.ops.attention.
+
+    model = Model.from_pretrained(dir, device="cuda")          # bf16 on cuda, fp32 on cpu
+    cache = model.new_cache(batch, max_len)                    # or paged=True, page_size=16
+    logits = model(tokens, cache, modes=Mode.CAUSAL, kv="commit")
+
+One forward serves every mode; only the attention pattern (modes/mode_args, passed
+straight to tridiff.ops.attention) and the positions differ. Projections, norms,
+rotary and the MLP are plain torch; attention and every KV-cache mutation go through
+tridiff.ops, never a backend directly.
+
+Parameter names equal the checkpoint names (encoder.layers.{i}.self_attn.q_proj.weight,
+..., diffusion_head.weight), so model.state_dict() is a checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tridiff import _checks as chk
+from tridiff import ops
+from tridiff import checkpoint as ckpt
+from tridiff.cache import KVCache, PagedKVCache
+from tridiff.config import ModelConfig
+from tridiff.modes import Mode
+from tridiff.rotary import apply_rotary, cos_sin, llama4_query_scale, math_dtype, yarn_inv_freq
+
+KV_MODES = ("none", "write", "commit")
+
+
+class _Weight(nn.Module):
+    """A module holding one weight, so parameter names read like the checkpoint's."""
+
+    def __init__(self, *shape, dtype, device):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(shape, dtype=dtype, device=device), requires_grad=False)
+
+
+class _Attention(nn.Module):
+    def __init__(self, c: ModelConfig, dtype, device):
+        super().__init__()
+        self.q_proj = _Weight(c.q_size, c.hidden_size, dtype=dtype, device=device)
+        self.k_proj = _Weight(c.kv_size, c.hidden_size, dtype=dtype, device=device)
+        self.v_proj = _Weight(c.kv_size, c.hidden_size, dtype=dtype, device=device)
+        self.o_proj = _Weight(c.hidden_size, c.q_size, dtype=dtype, device=device)
+
+
+class _MLP(nn.Module):
+    def __init__(self, c: ModelConfig, dtype, device):
+        super().__init__()
+        self.gate_proj = _Weight(c.intermediate_size, c.hidden_size, dtype=dtype, device=device)
+        self.up_proj = _Weight(c.intermediate_size, c.hidden_size, dtype=dtype, device=device)
+        self.down_proj = _Weight(c.hidden_size, c.intermediate_size, dtype=dtype, device=device)
+
+
+class _Layer(nn.Module):
+    def __init__(self, c: ModelConfig, dtype, device):
+        super().__init__()
+        self.self_attn = _Attention(c, dtype, device)
+        self.mlp = _MLP(c, dtype, device)
+        self.input_layernorm = _Weight(c.hidden_size, dtype=dtype, device=device)
+        self.post_attention_layernorm = _Weight(c.hidden_size, dtype=dtype, device=device)
+
+
+class _Encoder(nn.Module):
+    def __init__(self, c: ModelConfig, dtype, device):
+        super().__init__()
+        self.embed_tokens = _Weight(c.vocab_size, c.hidden_size, dtype=dtype, device=device)
+        self.layers = nn.ModuleList(_Layer(c, dtype, device) for _ in range(c.num_hidden_layers))
+        self.norm = _Weight(c.hidden_size, dtype=dtype, device=device)
+
+
+class _LoraLayer(nn.Module):
+    def __init__(self, rank: int, c: ModelConfig, dtype, device):
+        super().__init__()
+        self.lora_A = _Weight(rank, c.q_size, dtype=dtype, device=device)
+        self.lora_B = _Weight(c.hidden_size, rank, dtype=dtype, device=device)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """weight * x / rms(x), the statistics in fp32 (fp64 for fp64), as transformers does."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xf = x.to(acc)
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+def default_dtype(device) -> torch.dtype:
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
+class Model(nn.Module):
+    """Weights are allocated uninitialised: fill them with from_pretrained, load_state_dict
+    or init_random_."""
+
+    def __init__(self, config: ModelConfig, *, device="cpu", dtype: Optional[torch.dtype] = None):
+        super().__init__()
+        if not isinstance(config, ModelConfig):
+            raise chk.TridiffInputError(f"config: expected a tridiff.config.ModelConfig, got {type(config).__name__}")
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype, None) or dtype
+        dtype = dtype or default_dtype(device)
+        if dtype not in chk.FLOAT_DTYPES:
+            chk.fail("dtype", "a floating dtype", dtype)
+        self.config = config
+        self.encoder = _Encoder(config, dtype, device)
+        self.diffusion_head = _Weight(config.vocab_size, config.hidden_size, dtype=dtype, device=device)
+        self.linear_spec_lora: Optional[nn.ModuleList] = None
+        if config.lora is not None:
+            self._add_adapter(config.lora.rank)
+        self._inv_freq = None  # rotary inverse frequencies, see inv_freq
+
+    # ---- construction ---------------------------------------------------------------------
+
+    def _add_adapter(self, rank: int) -> None:
+        p = self.diffusion_head.weight
+        self.linear_spec_lora = nn.ModuleList(
+            _LoraLayer(rank, self.config, p.dtype, p.device) for _ in range(self.config.num_hidden_layers))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.diffusion_head.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.diffusion_head.weight.device
+
+    @property
+    def inv_freq(self) -> torch.Tensor:
+        """YaRN inverse frequencies in fp32 (fp64 for an fp64 model) on the model's device.
+        Not a buffer, so model.to(bfloat16) cannot round them."""
+        want = math_dtype(self.dtype)
+        f = self._inv_freq
+        if f is None or f.device != self.device or f.dtype != want:
+            f = self._inv_freq = yarn_inv_freq(self.config, self.dtype, device=self.device)
+        return f
+
+    @property
+    def has_adapter(self) -> bool:
+        return self.linear_spec_lora is not None
+
+    @classmethod
+    def from_pretrained(cls, directory, *, device="cpu", dtype: Optional[torch.dtype] = None,
+                        adapter: Union[str, bool, None, os.PathLike] = "auto") -> "Model":
+        """Load config.json + *.safetensors (single or sharded) from `directory`.
+
+        Tensor names and shapes are all checked from the file headers before any
+        weight is read; CheckpointError names the first missing, unexpected or
+        mis-shaped tensor, ConfigError the first bad config field. Weights are read
+        through safetensors' memory map one tensor at a time straight into the
+        preallocated parameters (converted to `dtype` on `device`).
+
+        adapter: "auto" loads linear_spec_lora/ if present; True requires it; False or
+        None skips it; a path loads the adapter from there.
+        """
+        directory = os.fspath(directory)
+        config = ModelConfig.from_json(directory)
+        found = ckpt.scan(ckpt.weight_files(directory))
+        expected = ckpt.expected_shapes(config)
+        ckpt.check_tensors(found, expected)
+
+        adapter_dir, adapter_found, lora = None, None, None
+        default_dir = os.path.join(directory, ckpt.ADAPTER_DIR)
+        if adapter == "auto":
+            adapter_dir = default_dir if os.path.isdir(default_dir) else None
+        elif adapter is True:
+            adapter_dir = default_dir
+            if not os.path.isdir(adapter_dir):
+                raise ckpt.CheckpointError(f"{ckpt.ADAPTER_DIR}: adapter=True but {adapter_dir} does not exist")
+        elif adapter not in (False, None):
+            adapter_dir = os.fspath(adapter)
+        if adapter_dir is not None:
+            lora = ckpt.read_adapter_config(adapter_dir, config)
+            raw = ckpt.scan([os.path.join(adapter_dir, ckpt.ADAPTER_WEIGHTS)]) \
+                if os.path.exists(os.path.join(adapter_dir, ckpt.ADAPTER_WEIGHTS)) else None
+            if raw is None:
+                raise ckpt.CheckpointError(f"{ckpt.ADAPTER_WEIGHTS}: missing from {adapter_dir}")
+            adapter_found = {}
+            for name, entry in raw.items():
+                key = ckpt.normalise_adapter_key(name)
+                if key in adapter_found:
+                    raise ckpt.CheckpointError(f"{name}: stored twice in the adapter")
+                adapter_found[key] = entry
+            ckpt.check_tensors(adapter_found, ckpt.adapter_shapes(config, lora.rank), what="adapter")
+            config = dataclasses.replace(config, lora=lora)
+
+        model = cls(config, device=device, dtype=dtype)
+        params = dict(model.named_parameters())
+        ckpt.load_into(found, {name: params[name] for name in expected})
+        if adapter_found is not None:
+            by_key = {}
+            for i, layer in enumerate(model.linear_spec_lora):
+                by_key[ckpt.adapter_key(i, "A")] = layer.lora_A.weight
+                by_key[ckpt.adapter_key(i, "B")] = layer.lora_B.weight
+            # read each tensor under its stored name (it may carry another prefix)
+            ckpt.load_into(raw, {name: by_key[ckpt.normalise_adapter_key(name)] for name in raw})
+        return model
+
+    @torch.no_grad()
+    def init_random_(self, seed: int = 0) -> "Model":
+        """Fill the weights like tridiff.checkpoint's random checkpoints (same seed, same
+        values before dtype rounding)."""
+        tensors = ckpt.random_tensors(self.config, seed=seed, dtype=torch.float32)
+        params = dict(self.named_parameters())
+        for name, t in tensors.items():
+            params[name].copy_(t)
+        if self.has_adapter:
+            lora = ckpt.random_adapter_tensors(self.config, self.config.lora.rank, seed=seed, dtype=torch.float32)
+            for i, layer in enumerate(self.linear_spec_lora):
+                layer.lora_A.weight.copy_(lora[ckpt.adapter_key(i, "A")])
+                layer.lora_B.weight.copy_(lora[ckpt.adapter_key(i, "B")])
+        return self
+
+    def new_cache(self, batch: int, max_len: int, *, paged: bool = False, page_size: int = 16,
+                  num_pages: Optional[int] = None):
+        """An empty KV cache for `batch` rows of up to `max_len` tokens, in the model's
+        dtype and device. paged=True gives a PagedKVCache (num_pages defaults to
+        enough pages for every row at max_len)."""
+        c = self.config
+        args = (c.num_hidden_layers, batch, max_len, c.num_key_value_heads, c.head_dim)
+        if paged:
+            return PagedKVCache(*args, page_size=page_size, num_pages=num_pages, dtype=self.dtype,
+                                device=self.device)
+        return KVCache(*args, dtype=self.dtype, device=self.device)
+
+    # ---- forward --------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def forward(self, tokens: torch.Tensor, cache, *, modes=Mode.CAUSAL, mode_args=None, q_lens=None,
+                positions: Optional[torch.Tensor] = None, kv: str = "none", adapter: bool = False,
+                backend: str = "auto") -> torch.Tensor:
+        """logits [B, T, V] (float32; float64 for an fp64 model) for tokens [B, T] int64.
+
+        modes/mode_args/q_lens: as tridiff.ops.attention (per row; q_lens default T).
+        positions [B, T] int64: absolute positions for rotary and the llama-4 query
+            scale; default cache.lens[:, None] + arange(T).
+        kv: "none" leaves the cache untouched; "write" stores the new K/V at slots
+            cache.lens.. (lengths not advanced); "commit" writes and advances
+            cache.lens by q_lens. A paged cache gets its pages reserved first.
+        adapter: apply the LoRA delta on o_proj (ignored by a model without adapter).
+        """
+        c = self.config
+        chk.tensor("tokens", tokens, ndim=2, dtypes=chk.INDEX_DTYPES, device=self.device)
+        B, T = tokens.shape
+        if not isinstance(cache, (KVCache, PagedKVCache)):
+            chk.fail("cache", "a tridiff.cache.KVCache or PagedKVCache", type(cache).__name__)
+        if cache.batch != B:
+            chk.fail("cache", f"a cache for B={B} rows", f"one for {cache.batch} rows")
+        if cache.dtype != self.dtype or cache.device != self.device:
+            chk.fail("cache", f"dtype {self.dtype} on {self.device} (use model.new_cache)",
+                     f"{cache.dtype} on {cache.device}")
+        if kv not in KV_MODES:
+            chk.fail("kv", "one of 'none', 'write', 'commit'", repr(kv))
+        if chk.values_checkable(tokens) and T and B:
+            lo, hi = int(tokens.min()), int(tokens.max())
+            if lo < 0 or hi >= c.vocab_size:
+                chk.fail("tokens", f"ids in [0, vocab_size={c.vocab_size})", f"an id {lo if lo < 0 else hi}")
+        if positions is None:
+            positions = cache.lens.long()[:, None] + torch.arange(T, device=tokens.device)
+        else:
+            chk.tensor("positions", positions, ndim=2, dtypes=chk.INDEX_DTYPES, device=self.device)
+            chk.shape("positions", positions, (B, T))
+            if chk.values_checkable(positions) and T and B and int(positions.min()) < 0:
+                chk.fail("positions", "non-negative positions", int(positions.min()))
+            positions = positions.long()
+
+        write = kv != "none"
+        if write:
+            n_new = q_lens if q_lens is not None else T
+            if isinstance(n_new, torch.Tensor):
+                n_new = n_new.to(torch.int32)
+            cache.reserve_(cache.lens + n_new, backend=backend)
+
+        use_lora = adapter and self.has_adapter
+        dtype = self.dtype
+        cos, sin = cos_sin(positions, self.inv_freq, c.attention_factor, dtype)
+        q_scale = llama4_query_scale(positions, c.llama_4_scaling_beta, c.original_max_position_embeddings, dtype)
+
+        x = F.embedding(tokens, self.encoder.embed_tokens.weight)
+        for i, layer in enumerate(self.encoder.layers):
+            attn = layer.self_attn
+            h = rms_norm(x, layer.input_layernorm.weight, c.rms_norm_eps)
+            q = F.linear(h, attn.q_proj.weight).view(B, T, c.num_attention_heads, c.head_dim)
+            k = F.linear(h, attn.k_proj.weight).view(B, T, c.num_key_value_heads, c.head_dim)
+            v = F.linear(h, attn.v_proj.weight).view(B, T, c.num_key_value_heads, c.head_dim)
+            q = apply_rotary(q, cos, sin) * q_scale  # llama-4 scale AFTER rotary
+            k = apply_rotary(k, cos, sin)
+            k_cache, v_cache = cache.layer(i)
+            o = ops.attention(q, k, v, k_cache, v_cache, cache.lens, modes, mode_args=mode_args,
+                              q_lens=q_lens, block_table=cache.block_table, write_kv=write,
+                              backend=backend)
+            o = o.reshape(B, T, c.q_size)
+            out = F.linear(o, attn.o_proj.weight)
+            if use_lora:
+                lora = self.linear_spec_lora[i]
+                delta = F.linear(F.linear(o, lora.lora_A.weight), lora.lora_B.weight)
+                out = out + delta * c.lora.scale
+            x = x + out
+            h = rms_norm(x, layer.post_attention_layernorm.weight, c.rms_norm_eps)
+            mlp = layer.mlp
+            x = x + F.linear(F.silu(F.linear(h, mlp.gate_proj.weight)) * F.linear(h, mlp.up_proj.weight),
+                             mlp.down_proj.weight)
+        x = rms_norm(x, self.encoder.norm.weight, c.rms_norm_eps)
+        logits = F.linear(x, self.diffusion_head.weight)
+
+        if kv == "commit":
+            cache.commit_(q_lens if q_lens is not None else T, backend=backend)
+        return logits.to(torch.float64 if dtype == torch.float64 else torch.float32)
