@@ -10,12 +10,29 @@ memory as it was.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 INDEX_DTYPES = (torch.int32, torch.int64)
+
+
+_trusted = contextvars.ContextVar("tridiff_trusted_inputs", default=False)
+
+
+@contextlib.contextmanager
+def trusted():
+    """Scope whose op inputs tridiff itself produced (the decoding loop): value checks
+    on device tensors are skipped there, so an iteration makes no host round trip.
+    CPU tensors are still checked (it costs nothing)."""
+    token = _trusted.set(True)
+    try:
+        yield
+    finally:
+        _trusted.reset(token)
 
 
 class TridiffInputError(ValueError):
@@ -48,11 +65,11 @@ def shape(arg: str, x: torch.Tensor, expected: tuple) -> None:
 
 def values_checkable(x: torch.Tensor) -> bool:
     """Whether value checks (which read tensor contents on the host) run for `x`."""
-    if x.device.type == "cpu" and not _tracing():
-        return True
-    if os.environ.get("TRIDIFF_CHECK_VALUES", "1") == "0":
-        return False
     if _tracing():
+        return False
+    if x.device.type == "cpu":
+        return True
+    if os.environ.get("TRIDIFF_CHECK_VALUES", "1") == "0" or _trusted.get():
         return False
     if x.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
         return False

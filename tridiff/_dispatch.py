@@ -26,6 +26,9 @@ BACKEND_MODULES = {
     "cpp": "tridiff.cpp",
 }
 BACKENDS = tuple(BACKEND_MODULES)
+OPS = ("attention", "kv_write_", "kv_append_", "kv_commit_", "kv_rollback_", "kv_compact_",
+       "paged_reserve_", "paged_release_", "accept_linear", "accept_rejection", "accept_quadratic",
+       "sample", "diffusion_confidence", "diffusion_unmask")
 
 # Fastest first, per device type; refined per op as benchmarks show (bench/NOTES.md).
 AUTO_ORDER = {
@@ -42,6 +45,7 @@ class BackendUnavailable(RuntimeError):
 
 _modules: dict[str, object] = {}
 _import_errors: dict[str, str] = {}
+_unavailable: dict[str, str] = {}
 
 
 def backend_module(name: str):
@@ -60,25 +64,45 @@ def backend_module(name: str):
 
 
 def load_all() -> None:
-    """Import every backend module now (each is light: no triton, no compiled code).
+    """Import every backend module and its per-op submodules now (no GPU is needed,
+    and no compiled extension is loaded: backends load those on first use).
 
     Called when tridiff.ops is imported so that torch.compile can trace backend
     resolution: Dynamo cannot trace an import, but it traces the dict look-ups and
     supports_<op> checks that follow one.
     """
     for name in BACKEND_MODULES:
-        backend_module(name)
+        mod = backend_module(name)
+        for op in OPS if mod is not None else ():
+            for attr in (op, f"supports_{op}"):
+                try:
+                    hasattr(mod, attr)  # resolves lazily imported per-op submodules now
+                except Exception as exc:  # a broken backend must not break `import tridiff.ops`
+                    _import_errors.setdefault(name, f"backend {name!r} failed to load {attr}: {exc}")
+
+
+@torch.compiler.assume_constant_result
+def backend_unavailable(name: str) -> str:
+    """'' if backend `name` is usable in this process, else why not. Cached: whether a
+    backend is installed/built/has a device does not change while a process runs,
+    and torch.compile takes the answer as a constant instead of tracing imports."""
+    if name not in _unavailable:
+        mod = backend_module(name)
+        if mod is None:
+            _unavailable[name] = _import_errors[name]
+        else:
+            check = getattr(mod, "unavailable", None)
+            reason = check() if check is not None else None
+            _unavailable[name] = f"backend {name!r} is unavailable: {reason}" if reason else ""
+    return _unavailable[name]
 
 
 def why_not(name: str, op: str, args: tuple, kwargs: dict):
     """None if backend `name` can serve op(*args, **kwargs), else the reason."""
-    mod = backend_module(name)
-    if mod is None:
-        return _import_errors[name]
-    unavailable = getattr(mod, "unavailable", None)
-    reason = unavailable() if unavailable is not None else None
+    reason = backend_unavailable(name)
     if reason:
-        return f"backend {name!r} is unavailable: {reason}"
+        return reason
+    mod = _modules[name]
     if not hasattr(mod, op):
         return f"backend {name!r} does not implement {op}"
     supports = getattr(mod, f"supports_{op}", None)

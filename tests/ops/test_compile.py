@@ -24,3 +24,15 @@ def test_attention_and_commit_compile_fullgraph_without_breaks():
     for a, b in zip(state[0], state[1]):
         assert torch.equal(a, b)
     assert state[0][2].tolist() == [6, 9]
+
+
+def test_trusted_scope_skips_device_value_checks_only(monkeypatch):
+    """Inside checks.trusted() device tensors skip host value checks; CPU ones never do."""
+    from tridiff import _checks
+
+    cpu = torch.zeros(2, dtype=torch.int32)
+    meta_like = torch.zeros(2, dtype=torch.int32, device="meta")
+    with _checks.trusted():
+        assert _checks.values_checkable(cpu)
+        assert not _checks.values_checkable(meta_like)
+    assert _checks.values_checkable(meta_like)

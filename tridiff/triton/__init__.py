@@ -50,10 +50,10 @@ def __getattr__(name):
         raise AttributeError(name)
     try:
         mod = importlib.import_module(f"tridiff.triton.{sub}")
-    except ModuleNotFoundError as exc:
-        if exc.name == f"tridiff.triton.{sub}":
-            raise AttributeError(name) from exc
-        raise
+    except ImportError as exc:
+        # No triton (or a missing submodule): the op is simply not served here;
+        # unavailable() tells the user why.
+        raise AttributeError(f"{name} (tridiff.triton.{sub} cannot be imported: {exc})") from exc
     if not hasattr(mod, name):
         raise AttributeError(name)
     return getattr(mod, name)
