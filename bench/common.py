@@ -1,0 +1,78 @@
+"""Shared benchmark machinery, one import for the bench modules.
+
+  timing   bench.timing  : time_fn (CUDA events + L2 flush / perf_counter), time_graph
+                           (CUDA-graph replays), Rotator (input rotation), SyncCounter
+  ceilings bench.machine : measure_peaks (copy GB/s, matmul TFLOP/s, same process),
+                           environment (device, versions, git revision, timestamp)
+  rows     bench.record  : Recorder -> <out>/<name>.jsonl, baselines compared, table
+and here: the CLI flags every module shares, the tridiff backends available for an op,
+and switching tridiff's host-side value checks off while timing.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from contextlib import contextmanager
+from typing import Optional
+
+import torch
+
+from bench.machine import REPO_ROOT, Peaks, environment, git_rev, measure_peaks  # noqa: F401
+from bench.record import DEFAULT_OUT, REQUIRED_KEYS, Recorder, Row, fmt_ms, shape_str  # noqa: F401
+from bench.timing import (L2_FLUSH_BYTES, Rotator, SyncCounter, Timing, flush_l2, pick_device,  # noqa: F401
+                          sync, time_fn, time_graph)
+
+
+@contextmanager
+def no_value_checks():
+    """tridiff's public ops copy a few integers to the host to validate values; a
+    benchmark of a CUDA op must not time that host sync (validated once beforehand)."""
+    old = os.environ.get("TRIDIFF_CHECK_VALUES")
+    os.environ["TRIDIFF_CHECK_VALUES"] = "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TRIDIFF_CHECK_VALUES", None)
+        else:
+            os.environ["TRIDIFF_CHECK_VALUES"] = old
+
+
+def arg_parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="few small shapes (CPU: tiny)")
+    p.add_argument("--out", default=None, help="results folder (default bench/results)")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    p.add_argument("--budget-s", type=float, default=None, help="stop starting new shapes after this")
+    p.add_argument("--backends", default=None, help="comma list of tridiff backends (default: all available)")
+    return p
+
+
+def tridiff_backends(op: str, device: torch.device, requested: Optional[str] = None) -> tuple[list, dict]:
+    """Backends that can be imported and are available here for `op`, and why the others are not."""
+    from tridiff import _dispatch
+
+    names = requested.split(",") if requested else list(_dispatch.BACKENDS)
+    ok, why = [], {}
+    for name in names:
+        mod = _dispatch.backend_module(name)
+        if mod is None:
+            why[name] = _dispatch._import_errors.get(name, "cannot be imported")
+            continue
+        un = getattr(mod, "unavailable", None)
+        reason = un() if un is not None else None
+        if reason is None and not hasattr(mod, op):
+            reason = f"does not implement {op}"
+        if reason is None and name == "triton" and device.type == "cpu" and not (
+                requested and os.environ.get("TRITON_INTERPRET") == "1"):
+            reason = ("Triton on CPU runs only interpreted (~500x slower, not a speed number); "
+                      "ask with --backends triton and TRITON_INTERPRET=1")
+        if reason is None and name == "cpp" and device.type == "cuda":
+            reason = "cpp is the CPU backend"
+        if reason is None and name == "cuda" and device.type == "cpu":
+            reason = "cuda backend needs a CUDA device"
+        if reason:
+            why[name] = reason
+        else:
+            ok.append(name)
+    return ok, why
