@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import types
 
 import torch
 
@@ -136,4 +137,9 @@ def implementation(op: str, backend: str):
     mod = backend_module(backend)
     if mod is None:
         raise BackendUnavailable(_import_errors[backend])
-    return getattr(mod, op)
+    fn = getattr(mod, op)
+    if isinstance(fn, types.ModuleType):
+        # A backend package whose per-op submodule shares the op's name (tridiff.triton.attention):
+        # once imported, the package attribute is the submodule, not the function.
+        fn = getattr(fn, op)
+    return fn
