@@ -7,8 +7,12 @@ from tridiff.reference.kv_cache import (
     kv_append_, kv_commit_, kv_compact_, kv_rollback_, kv_write_, paged_release_, paged_reserve_,
     quadratic_verify_slots,
 )
+from tridiff.reference.accept import accept_linear, accept_quadratic, accept_rejection
+from tridiff.reference.sample import diffusion_confidence, diffusion_unmask, num_transfer_schedule, sample
 
 __all__ = [
     "attention", "visibility", "kv_write_", "kv_append_", "kv_commit_", "kv_rollback_",
     "kv_compact_", "quadratic_verify_slots", "paged_reserve_", "paged_release_",
+    "sample", "diffusion_confidence", "diffusion_unmask", "num_transfer_schedule",
+    "accept_linear", "accept_rejection", "accept_quadratic",
 ]
