@@ -37,7 +37,12 @@ AUTO_ORDER = {
     "cpu": ("cpp", "torch"),
 }
 # Per-op overrides of AUTO_ORDER: {op_name: {device_type: (backends...)}}.
-AUTO_ORDER_PER_OP: dict[str, dict[str, tuple[str, ...]]] = {}
+AUTO_ORDER_PER_OP: dict[str, dict[str, tuple[str, ...]]] = {
+    # Diffusion decoding ranks positions by conf rounded to the logits dtype; the C++
+    # kernel sums in double and can differ from torch's softmax by one ulp, which may
+    # flip a threshold or top-k decision. Token parity with the reference wins on CPU.
+    "diffusion_confidence": {"cpu": ("torch",)},
+}
 
 
 class BackendUnavailable(RuntimeError):

@@ -1,0 +1,23 @@
+// Where logical cache position `pos` of row b lives: contiguous [B, Tmax, Hkv, D]
+// (row b, token pos) or paged [num_pages, page, Hkv, D] through block_table[b, pos/page].
+// Offsets are in bytes; a token's Hkv*D slab is contiguous.
+#pragma once
+#include "../common/types.cuh"
+
+namespace td {
+
+struct CacheLayout {
+  int64_t outer_stride;        // bytes between rows (contiguous) or pages (paged)
+  int64_t token_stride;        // bytes between consecutive tokens
+  int64_t tokens;              // Tmax (contiguous) or page size (paged)
+  const int32_t* block_table;  // nullptr: contiguous
+  int64_t max_pages;
+};
+
+TD_HD int64_t slot_offset(const CacheLayout& c, int64_t b, int64_t pos) {
+  if (c.block_table == nullptr) return b * c.outer_stride + pos * c.token_stride;
+  const int64_t page = c.block_table[b * c.max_pages + pos / c.tokens];
+  return page * c.outer_stride + (pos % c.tokens) * c.token_stride;
+}
+
+}  // namespace td
