@@ -1,0 +1,159 @@
+"""The `tridiff` command line: the --json contract of `generate` in every mode, one-line
+refusals of bad arguments, and `demo`. Most calls run main() in process (fast); one
+success and one refusal go through `python -m tridiff.cli` in a real subprocess."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tridiff.checkpoint import write_random_checkpoint
+from tridiff.cli import main
+
+MODES = ["ar", "diffusion", "linear-spec", "quadratic-spec"]
+ROW_KEYS = {"prompt_ids", "tokens", "text", "nfe", "tokens_per_forward", "mean_accepted"}
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli-ckpt")
+    write_random_checkpoint(d, "tiny", seed=0, with_tokenizer=True)
+    return str(d)
+
+
+def _run(capsys, *argv):
+    rc = main(list(argv))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_generate_json_every_mode(ckpt, capsys, mode):
+    from tridiff.generate import generate
+    from tridiff.model import Model
+    from tridiff.tokenizer import Tokenizer
+
+    rc, out, err = _run(capsys, "generate", "--model", ckpt, "--prompt", "hello tridiff", "--mode", mode,
+                        "--max-new-tokens", "8", "--block-length", "4", "--device", "cpu", "--json")
+    assert rc == 0, err
+    doc = json.loads(out)  # exactly one JSON object on stdout
+    assert set(doc) == {"mode", "results", "seconds", "device", "dtype"}
+    assert doc["mode"] == mode and doc["device"] == "cpu" and doc["dtype"] == "float32"
+    assert isinstance(doc["seconds"], float) and doc["seconds"] >= 0
+    (row,) = doc["results"]
+    assert set(row) == ROW_KEYS
+    tok = Tokenizer(ckpt)
+    assert row["prompt_ids"] == tok.encode("hello tridiff")
+    assert all(isinstance(t, int) for t in row["tokens"]) and isinstance(row["text"], str)
+    assert row["text"] == tok.decode(row["tokens"])
+    assert isinstance(row["nfe"], int) and row["nfe"] > 0
+    assert row["tokens_per_forward"] == pytest.approx(len(row["tokens"]) / row["nfe"])
+    if mode in ("ar", "diffusion"):
+        assert row["mean_accepted"] is None
+    else:
+        assert isinstance(row["mean_accepted"], float) and row["mean_accepted"] >= 1.0
+    # same numbers as the library call with the CLI's defaults (diffusion threshold 0.9)
+    model = Model.from_pretrained(ckpt, device="cpu", dtype=torch.float32)
+    lib = generate(model, [row["prompt_ids"]], mode=mode, max_new_tokens=8, block_length=4,
+                   threshold={"diffusion": 0.9, "linear-spec": 0.0}.get(mode)).results[0]
+    assert (row["tokens"], row["nfe"]) == (lib.tokens, lib.nfe)
+
+
+def test_generate_prompt_ids_batch(ckpt, capsys):
+    rc, out, err = _run(capsys, "generate", "--model", ckpt, "--prompt-ids", "1,300,301",
+                        "--prompt-ids", "1,400,401,402,403", "--mode", "ar", "--max-new-tokens", "4",
+                        "--json")
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert [r["prompt_ids"] for r in doc["results"]] == [[1, 300, 301], [1, 400, 401, 402, 403]]
+    assert all(1 <= len(r["tokens"]) <= 4 for r in doc["results"])
+
+
+def test_generate_plain_output(ckpt, capsys):
+    rc, out, err = _run(capsys, "generate", "--model", ckpt, "--prompt-ids", "1,2,3", "--mode", "ar",
+                        "--max-new-tokens", "3")
+    assert rc == 0, err
+    assert "NFE" in out and "ids:" in out
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--mode", "diffusion", "--max-new-tokens", "10", "--block-length", "4"], "multiple"),
+    (["--mode", "quadratic-spec", "--max-new-tokens", "6", "--block-length", "4"], "multiple"),
+    (["--mode", "beam"], "invalid choice"),
+    (["--mode", "ar", "--prompt-ids", ",".join(["5"] * 1100)], "context"),
+    (["--mode", "ar", "--prompt-ids", "1,x"], "integers"),
+    (["--mode", "ar", "--max-new-tokens", "0"], "max_new_tokens"),
+    (["--mode", "quadratic-spec", "--temperature", "0.5", "--max-new-tokens", "8", "--block-length", "4"],
+     "temperature"),
+], ids=["diffusion-multiple", "quadratic-multiple", "unknown-mode", "too-long", "bad-ids", "zero-new",
+        "quadratic-temperature"])
+def test_generate_invalid_arguments(ckpt, capsys, argv, needle):
+    if "--prompt-ids" not in argv:
+        argv = argv + ["--prompt-ids", "1,2,3"]
+    rc, out, err = _run(capsys, "generate", "--model", ckpt, *argv)
+    assert rc != 0 and out == ""
+    assert len(err.strip().splitlines()) == 1 and needle in err
+    assert "Traceback" not in err
+
+
+def test_generate_missing_model_dir(tmp_path, capsys):
+    rc, out, err = _run(capsys, "generate", "--model", str(tmp_path / "nope"), "--prompt-ids", "1,2",
+                        "--mode", "ar")
+    assert rc != 0 and len(err.strip().splitlines()) == 1 and "nope" in err
+
+
+def test_generate_text_prompt_without_tokenizer(tmp_path, capsys):
+    d = tmp_path / "no-tok"
+    write_random_checkpoint(d, "tiny", seed=1, with_tokenizer=False)
+    rc, out, err = _run(capsys, "generate", "--model", str(d), "--prompt", "hi", "--mode", "ar")
+    assert rc != 0 and "tokenizer.json" in err and len(err.strip().splitlines()) == 1
+
+
+def test_module_entry_point_subprocess(ckpt, tmp_path):
+    """`python -m tridiff.cli` works: one success (JSON on stdout) and one refusal."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    ok = subprocess.run([sys.executable, "-m", "tridiff.cli", "generate", "--model", ckpt, "--prompt-ids",
+                         "1,2,3", "--mode", "linear-spec", "--max-new-tokens", "4", "--block-length", "4",
+                         "--json"], capture_output=True, text=True, env=env, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["mode"] == "linear-spec"
+    bad = subprocess.run([sys.executable, "-m", "tridiff.cli", "generate", "--model", str(tmp_path / "x"),
+                          "--prompt-ids", "1", "--mode", "ar"], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in bad.stderr
+
+
+def test_demo_writes_then_reuses_checkpoint(tmp_path, capsys, monkeypatch):
+    out_dir = tmp_path / "demo"
+    rc, out, err = _run(capsys, "demo", "--out", str(out_dir))
+    assert rc == 0, err
+    assert (out_dir / "config.json").is_file() and (out_dir / "tokenizer.json").is_file()
+    assert "wrote" in out and "random" in out
+    for mode in MODES:
+        assert f"\n{mode} " in out  # a table row per mode
+        assert f"\n{mode}: " in out  # and its decoded text
+    rows = {line.split()[0]: line.split()[1:3] for line in out.splitlines()
+            if line.split()[:1] and line.split()[0] in MODES}
+    assert set(rows) == set(MODES) and all(int(t) > 0 and int(n) > 0 for t, n in rows.values())
+
+    # Second run: the checkpoint is reused, not rewritten (decoding stubbed out: the
+    # first run already exercised it, and it is the slow part on a CPU).
+    import tridiff.generate as gen
+
+    calls = []
+
+    def fake_generate(model, prompts, **kw):
+        calls.append(kw["mode"])
+        row = gen.RowResult(prompt_ids=prompts[0], tokens=[5, 6], nfe=2, tokens_per_forward=1.0,
+                            mean_accepted=None)
+        return gen.GenerateOutput(mode=kw["mode"], results=[row], seconds=0.0)
+
+    monkeypatch.setattr(gen, "generate", fake_generate)
+    mtime = os.path.getmtime(out_dir / "model.safetensors")
+    rc, out2, err = _run(capsys, "demo", "--out", str(out_dir))
+    assert rc == 0 and "reusing" in out2 and "wrote" not in out2
+    assert os.path.getmtime(out_dir / "model.safetensors") == mtime
+    assert calls == MODES
