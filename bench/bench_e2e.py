@@ -12,6 +12,7 @@ Targets (checked on the GPU only; on CPU the table says n/a):
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -201,7 +202,7 @@ def run(quick: bool = False, out_dir=None, device=None, backends=None, budget_s=
     backend = backends or "auto"
     rec = Recorder("e2e", device, out_dir, quick=quick, budget_s=budget_s)
     model = build_model(p["preset"], device, p["dtype"], p["adapter_rank"])
-    with no_value_checks() if device.type == "cuda" else _Null():
+    with no_value_checks() if device.type == "cuda" else contextlib.nullcontext():
         steps = bench_steps(rec, p, model, device, backend)
         gen = bench_generate(rec, p, model, device, backend)
     recs = rec.finish(print_table=print_table)
@@ -213,13 +214,6 @@ def run(quick: bool = False, out_dir=None, device=None, backends=None, budget_s=
         print_targets(rows)
     return recs
 
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def main(argv=None) -> int:

@@ -11,6 +11,7 @@ Bytes (minimum through device memory):
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import torch
@@ -169,7 +170,7 @@ def run(quick: bool = False, out_dir=None, device=None, backends=None, budget_s=
         ok[op], why = tridiff_backends(op, device, backends)
         for name, reason in why.items():
             rec.skip(op, name, {}, reason)
-    ctx = no_value_checks() if device.type == "cuda" else _Null()
+    ctx = no_value_checks() if device.type == "cuda" else contextlib.nullcontext()
     with ctx:
         for B, n, P in p["append"]:
             if not rec.out_of_time():
@@ -184,13 +185,6 @@ def run(quick: bool = False, out_dir=None, device=None, backends=None, budget_s=
                 bench_rollback(rec, p, device, ok["kv_rollback_"], P)
     return rec.finish(print_table=print_table)
 
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def main(argv=None) -> int:

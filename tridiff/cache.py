@@ -36,19 +36,11 @@ def _lens(value, batch: int, device, name: str) -> torch.Tensor:
     return torch.full((batch,), value, dtype=torch.int32, device=device)
 
 
-class KVCache:
-    """Contiguous cache: row b's position t lives at k[layer, b, t]."""
+class _Cache:
+    """What both layouts share: k/v with the layer first, and the committed lengths."""
 
     block_table = None
     paged = False
-
-    def __init__(self, num_layers: int, batch: int, max_len: int, num_kv_heads: int, head_dim: int,
-                 *, dtype=torch.float32, device="cpu"):
-        shape = (num_layers, batch, max_len, num_kv_heads, head_dim)
-        # Zero-filled so that never-written slots are finite (they are masked anyway).
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.lens = torch.zeros(batch, dtype=torch.int32, device=device)
 
     @property
     def batch(self) -> int:
@@ -57,10 +49,6 @@ class KVCache:
     @property
     def num_layers(self) -> int:
         return self.k.shape[0]
-
-    @property
-    def capacity(self) -> int:
-        return self.k.shape[2]
 
     @property
     def device(self):
@@ -73,24 +61,40 @@ class KVCache:
     def layer(self, i: int):
         return self.k[i], self.v[i]
 
-    def reserve_(self, target_lens, *, backend="auto") -> None:
-        """Nothing to allocate; the ops check capacity when writing."""
-
     def commit_(self, n, *, backend="auto") -> None:
         ops.kv_commit_(self.lens, n, capacity=self.capacity, backend=backend)
 
     def rollback_(self, new_lens, *, backend="auto") -> None:
         ops.kv_rollback_(self.lens, new_lens, backend=backend)
 
-    def compact_(self, src_index, *, backend="auto") -> None:
-        # One call moves every layer (the op accepts the 5-D layout).
-        ops.kv_compact_(self.k, self.v, self.lens, src_index, backend=backend)
-
     def reset_(self) -> None:
         self.lens.zero_()
 
 
-class PagedKVCache:
+class KVCache(_Cache):
+    """Contiguous cache: row b's position t lives at k[layer, b, t]."""
+
+    def __init__(self, num_layers: int, batch: int, max_len: int, num_kv_heads: int, head_dim: int,
+                 *, dtype=torch.float32, device="cpu"):
+        shape = (num_layers, batch, max_len, num_kv_heads, head_dim)
+        # Zero-filled so that never-written slots are finite (they are masked anyway).
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.lens = torch.zeros(batch, dtype=torch.int32, device=device)
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[2]
+
+    def reserve_(self, target_lens, *, backend="auto") -> None:
+        """Nothing to allocate; the ops check capacity when writing."""
+
+    def compact_(self, src_index, *, backend="auto") -> None:
+        # One call moves every layer (the op accepts the 5-D layout).
+        ops.kv_compact_(self.k, self.v, self.lens, src_index, backend=backend)
+
+
+class PagedKVCache(_Cache):
     """Paged cache: row b's position t lives at page block_table[b, t // page], slot t % page."""
 
     paged = True
@@ -115,14 +119,6 @@ class PagedKVCache:
     pages_v = property(lambda self: self.v)
 
     @property
-    def batch(self) -> int:
-        return self.lens.shape[0]
-
-    @property
-    def num_layers(self) -> int:
-        return self.k.shape[0]
-
-    @property
     def num_pages(self) -> int:
         return self.k.shape[1]
 
@@ -130,27 +126,13 @@ class PagedKVCache:
     def capacity(self) -> int:
         return self.block_table.shape[1] * self.page_size
 
-    @property
-    def device(self):
-        return self.lens.device
-
-    @property
-    def dtype(self):
-        return self.k.dtype
-
-    def layer(self, i: int):
-        return self.k[i], self.v[i]
-
     def reserve_(self, target_lens, *, backend="auto") -> None:
         target = _lens(target_lens, self.batch, self.device, "target_lens")
         ops.paged_reserve_(self.block_table, self.free_pages, self.free_count, target,
                            page_size=self.page_size, backend=backend)
 
-    def commit_(self, n, *, backend="auto") -> None:
-        ops.kv_commit_(self.lens, n, capacity=self.capacity, backend=backend)
-
     def rollback_(self, new_lens, *, backend="auto") -> None:
-        ops.kv_rollback_(self.lens, new_lens, backend=backend)
+        super().rollback_(new_lens, backend=backend)
         self.release_(self.lens, backend=backend)
 
     def release_(self, keep_lens, *, backend="auto") -> None:
@@ -166,5 +148,5 @@ class PagedKVCache:
                             backend=backend)
 
     def reset_(self) -> None:
-        self.lens.zero_()
+        super().reset_()
         self.release_(0)

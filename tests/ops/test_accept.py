@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from tests.conftest import require_backend
+from tests.ops.stats import chi2_test, power_against
 from tridiff import ops
 from tridiff._checks import TridiffInputError
 from tridiff.reference.philox import ACCEPT, RESIDUAL, SAMPLE, gumbel, uniform
@@ -27,19 +28,10 @@ def need(backend, op, *args):
     require_backend(backend, op, args)
 
 
-def chi2_pvalue(stat: float, dof: int) -> float:
-    return float(torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.float64),
-                                         torch.tensor(stat / 2, dtype=torch.float64)))
 
 
-def chi2_test(counts: torch.Tensor, p: torch.Tensor) -> float:
-    expect = counts.sum() * p
-    return chi2_pvalue(float(((counts - expect) ** 2 / expect).sum()), p.numel() - 1)
 
 
-def power_against(N: int, p: torch.Tensor, q: torch.Tensor) -> float:
-    """Mean-case p-value of the same test on N draws from a WRONG distribution q."""
-    return chi2_pvalue(p.numel() - 1 + N * float(((q - p) ** 2 / p).sum()), p.numel() - 1)
 
 
 def peaked_logits(argmax_ids, V, gen, dtype=torch.float32):

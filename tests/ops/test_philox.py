@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from tests.ops.stats import chi2_pvalue
 from tridiff.reference.philox import ACCEPT, DIFFUSION, RESIDUAL, SAMPLE, gumbel, philox, uniform
 
 # Random123 known-answer vectors for philox4x32_10 (kat_vectors): counter, key -> first output word.
@@ -21,10 +22,6 @@ def seed_of(key):
     return word - (1 << 64) if word >= 1 << 63 else word
 
 
-def chi2_pvalue(stat: float, dof: int) -> float:
-    """Upper tail of the chi-square distribution (regularised upper incomplete gamma)."""
-    return float(torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.float64),
-                                         torch.tensor(stat / 2, dtype=torch.float64)))
 
 
 @pytest.mark.parametrize("ctr,key,want", KAT, ids=["zeros", "ones", "pi"])

@@ -1,12 +1,12 @@
 """sample / diffusion_confidence / diffusion_unmask / num_transfer_schedule: exact greedy
 results, the Philox-stream formulas bit for bit, distributions, unmasking rules, bad input,
 torch.library registration."""
-import math
 
 import pytest
 import torch
 
 from tests.conftest import require_backend
+from tests.ops.stats import chi2_test, power_against
 from tridiff import ops
 from tridiff._checks import TridiffInputError
 from tridiff.reference.philox import DIFFUSION, SAMPLE, gumbel, uniform
@@ -31,21 +31,10 @@ def need(backend, op, *args):
     require_backend(backend, op, args)
 
 
-def chi2_pvalue(stat: float, dof: int) -> float:
-    return float(torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.float64),
-                                         torch.tensor(stat / 2, dtype=torch.float64)))
 
 
-def chi2_test(counts: torch.Tensor, p: torch.Tensor) -> float:
-    """p-value of observed counts against probabilities p."""
-    expect = counts.sum() * p
-    return chi2_pvalue(float(((counts - expect) ** 2 / expect).sum()), p.numel() - 1)
 
 
-def power_against(N: int, p: torch.Tensor, q: torch.Tensor) -> float:
-    """p-value the same test would give, on average, to N draws from a WRONG distribution q:
-    the statistic's mean is then dof + N * sum((q - p)^2 / p)."""
-    return chi2_pvalue(p.numel() - 1 + N * float(((q - p) ** 2 / p).sum()), p.numel() - 1)
 
 
 def seeds(B, start=1):
