@@ -39,13 +39,24 @@ def _mulhilo(m: int, x: torch.Tensor):
 
 
 def philox(seed: torch.Tensor, c0, c1, c2, c3) -> torch.Tensor:
-    """First output word (int64 holding a uint32) of Philox4x32-10; arguments broadcast."""
+    """First output word (int64 holding a uint32) of Philox4x32-10; arguments broadcast.
+
+    Counters may be tensors or Python ints; ints become device fills (never a
+    host-to-device copy, which would stall the stream on CUDA). The key words keep
+    the seed's own shape and broadcast inside each round.
+    """
     seed = seed.long()
+    counters = (c0, c1, c2, c3)
+    shape = torch.broadcast_shapes(seed.shape, *(c.shape for c in counters if isinstance(c, torch.Tensor)))
+
+    def word(c):
+        if isinstance(c, torch.Tensor):
+            return (c.long() & MASK32).expand(shape)
+        return torch.full(shape, int(c) & MASK32, dtype=torch.int64, device=seed.device)
+
+    x0, x1, x2, x3 = (word(c) for c in counters)
     k0 = seed & MASK32
     k1 = (seed >> 32) & MASK32
-    tensors = [torch.as_tensor(c, dtype=torch.int64, device=seed.device) & MASK32 for c in (c0, c1, c2, c3)]
-    x0, x1, x2, x3 = torch.broadcast_tensors(*tensors, k0)[:4]
-    k0, k1 = torch.broadcast_tensors(k0, x0)[0], torch.broadcast_tensors(k1, x0)[0]
     for _ in range(ROUNDS):
         hi0, lo0 = _mulhilo(M0, x0)
         hi1, lo1 = _mulhilo(M1, x2)
