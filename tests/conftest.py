@@ -16,10 +16,17 @@ import pytest  # noqa: E402
 from tridiff import _dispatch  # noqa: E402
 
 
-def backend_params(op: str, sample_args=None, backends=None):
-    """pytest params over backends, ids "[name]"-style via the id itself."""
-    names = backends or _dispatch.BACKENDS
-    return [pytest.param(name, id=name) for name in names]
+def backends_serving(op: str):
+    """Backends that implement `op` at all: the torch reference always, the GPU backends
+    only where a GPU can run them (on CPU, Triton's interpreter has its own tiny-shape
+    tests in tests/triton). Backends lacking `op` are left out rather than skipped."""
+    names = ["torch", "cpp"] + (["triton", "cuda"] if torch.cuda.is_available() else [])
+    served = []
+    for name in names:
+        mod = _dispatch.backend_module(name)
+        if name == "torch" or (mod is not None and hasattr(mod, op)):
+            served.append(name)
+    return served
 
 
 def require_backend(name: str, op: str, args: tuple = ()) -> None:

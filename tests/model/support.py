@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 import torch
 
+from tests.conftest import backends_serving
 from tridiff.checkpoint import random_tensors
 from tridiff.config import ModelConfig, preset
 from tridiff.model import Model
@@ -14,7 +15,8 @@ from tridiff.model import Model
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # On CPU the reference serves the model (the Triton interpreter is far too slow for
 # whole-model tests); on a GPU every backend runs the same comparisons.
-BACKENDS = ["torch", "cpp"] + (["triton", "cuda"] if torch.cuda.is_available() else [])
+# Backends a whole forward can run on (every op it calls, attention included).
+BACKENDS = backends_serving("attention")
 
 
 def tiny_config(**overrides) -> ModelConfig:

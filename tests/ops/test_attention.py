@@ -5,12 +5,12 @@ import torch
 from tridiff import Mode, ops
 from tridiff._checks import TridiffInputError
 from tridiff.reference.attention import visibility
-from tests.conftest import require_backend
+from tests.conftest import backends_serving, require_backend
 from tests.ops.spec_attention import dense_attention, visible
 
 # On CPU only the reference runs here (Triton's interpreter has its own tiny-shape
 # tests in tests/triton); on a GPU every backend takes this whole grid.
-BACKENDS = ["torch", "cpp"] + (["triton", "cuda"] if torch.cuda.is_available() else [])
+BACKENDS = backends_serving("attention")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
