@@ -18,7 +18,7 @@ stamp_now="$( (cat "${inputs[@]}"; find csrc -type f \( -name '*.cpp' -o -name '
 stamp_file=.venv/.tridiff-bootstrap
 if [ "$(cat "$stamp_file" 2>/dev/null)" != "$stamp_now" ]; then
     echo "bootstrap: installing the pinned environment (requirements-cpu.txt)"
-    .venv/bin/python -m pip install -q --upgrade "pip>=24" "setuptools>=69" wheel
+    .venv/bin/python -m pip install -q --upgrade "pip>=24" "setuptools>=77" wheel
     .venv/bin/python -m pip install -q -r requirements-cpu.txt
     # --no-build-isolation: build against the torch just installed (an isolated
     # build would see no torch and compile nothing).
