@@ -4,7 +4,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tridiff import ops
+from tridiff import _dispatch, ops
 from tridiff._checks import TridiffInputError
 from tests.conftest import require_backend
 
@@ -203,33 +203,80 @@ def test_reserve_refuses_when_out_of_pages():
 # ---- property test: random op sequences against a trivial Python model ------------------------------
 
 op_strategy = st.lists(
-    st.tuples(st.sampled_from(["write", "append", "commit", "rollback", "compact"]),
+    st.tuples(st.sampled_from(["write", "append", "commit", "rollback", "compact", "reserve"]),
               st.lists(st.integers(0, 7), min_size=3, max_size=3), st.integers(0, 2**31 - 1)),
     min_size=1, max_size=25)
 
 
+class PagedModel:
+    """Page bookkeeping the allocator must respect: who holds which pages, what is free."""
+
+    def __init__(self, B, num_pages, page):
+        self.page, self.num_pages = page, num_pages
+        self.held = [0] * B  # pages each row holds (a prefix of its table)
+
+    def pages_for(self, tokens):
+        return -(-tokens // self.page)
+
+    def check(self, table, free, count):
+        rows = table.cpu()
+        owned = []
+        for b, n in enumerate(self.held):
+            row = rows[b].tolist()
+            assert all(x >= 0 for x in row[:n]) and all(x == -1 for x in row[n:]), (b, row, n)
+            owned += row[:n]
+        free_now = free[: int(count)].cpu().tolist()
+        assert sorted(owned + free_now) == list(range(self.num_pages)), "pages lost or duplicated"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops_seq=op_strategy, paged=st.booleans())
-def test_random_op_sequences_match_python_model(ops_seq, paged):
+def test_random_op_sequences_match_python_model(backend, ops_seq, paged):
+    """Drives write/append/commit/rollback/compact (and, paged, page reserve/release through
+    the device-side allocator) and compares every known slot and every length with a
+    Python model; slots of released pages become unknown (another row may reuse them)."""
     B, Tmax, page = 3, 16, 4
-    g = torch.Generator().manual_seed(0)
+    reason = _dispatch.backend_unavailable(backend)
+    if reason:
+        pytest.skip(reason)
     if paged:
-        table_cpu = torch.randperm(B * Tmax // page + 2, generator=g)[: B * Tmax // page].view(B, -1)
-        table = table_cpu.to(**I32)
-        kc = torch.zeros(B * Tmax // page + 2, page, 1, 2, device=DEVICE)
+        num_pages = B * Tmax // page
+        table, free, count = _pool(num_pages, B, Tmax // page)
+        pm = PagedModel(B, num_pages, page)
+        kc = torch.zeros(num_pages, page, 1, 2, device=DEVICE)
     else:
         table = None
         kc = torch.zeros(B, Tmax, 1, 2, device=DEVICE)
     vc = kc.clone()
     lens = torch.zeros(B, **I32)
-    model = [[None] * Tmax for _ in range(B)]  # row -> slot -> value id
+    model = [[0.0] * Tmax for _ in range(B)]  # row -> slot -> value id (None = unknown)
     model_lens = [0] * B
     counter = [1]
+
+    def reserve(upto):
+        """Paged: give rows pages for `upto` tokens (the model learns the new page counts)."""
+        if not paged:
+            return
+        ops.paged_reserve_(table, free, count, torch.tensor(upto, **I32), page_size=page, backend=backend)
+        for b in range(B):
+            got = max(pm.held[b], pm.pages_for(upto[b]))
+            for t in range(pm.held[b] * page, got * page):
+                model[b][t] = None  # a fresh page holds whatever its last owner left
+            pm.held[b] = got
+
+    def release(keep):
+        if not paged:
+            return
+        ops.paged_release_(table, free, count, torch.tensor(keep, **I32), page_size=page, backend=backend)
+        for b in range(B):
+            pm.held[b] = min(pm.held[b], pm.pages_for(keep[b]))
 
     def logical(cache, b):
         if table is None:
             return cache[b]
-        return cache[table[b].long()].reshape(Tmax, 1, 2)
+        rows = table[b, : pm.held[b]].long()
+        return cache[rows].reshape(pm.held[b] * page, 1, 2)
 
     for name, nums, seed in ops_seq:
         if name in ("write", "append"):
@@ -241,9 +288,10 @@ def test_random_op_sequences_match_python_model(ops_seq, paged):
             fn = ops.kv_append_ if name == "append" else ops.kv_write_
             if not fits:
                 with pytest.raises(TridiffInputError):
-                    fn(kc, vc, vals, vals, lens, q_lens=n, block_table=table)
+                    fn(kc, vc, vals, vals, lens, q_lens=n, block_table=table, backend=backend)
                 continue
-            fn(kc, vc, vals, vals, lens, q_lens=n, block_table=table)
+            reserve([model_lens[b] + nums[b] for b in range(B)])
+            fn(kc, vc, vals, vals, lens, q_lens=n, block_table=table, backend=backend)
             for b in range(B):
                 for i in range(nums[b]):
                     model[b][model_lens[b] + i] = float(vals[b, i, 0, 0])
@@ -253,36 +301,42 @@ def test_random_op_sequences_match_python_model(ops_seq, paged):
             n = [x % 4 for x in nums]
             if any(model_lens[b] + n[b] > Tmax for b in range(B)):
                 with pytest.raises(TridiffInputError):
-                    ops.kv_commit_(lens, torch.tensor(n, **I32), capacity=Tmax)
+                    ops.kv_commit_(lens, torch.tensor(n, **I32), capacity=Tmax, backend=backend)
                 continue
-            ops.kv_commit_(lens, torch.tensor(n, **I32), capacity=Tmax)
+            reserve([model_lens[b] + n[b] for b in range(B)])
+            ops.kv_commit_(lens, torch.tensor(n, **I32), capacity=Tmax, backend=backend)
             model_lens = [model_lens[b] + n[b] for b in range(B)]
         elif name == "rollback":
             new = [max(0, model_lens[b] - nums[b]) for b in range(B)]
-            ops.kv_rollback_(lens, torch.tensor(new, **I32))
+            ops.kv_rollback_(lens, torch.tensor(new, **I32), backend=backend)
             model_lens = new
+            release(new)
+        elif name == "reserve":
+            reserve([min(Tmax, model_lens[b] + nums[b]) for b in range(B)])
         else:  # compact: keep every other slot of a random window
             width = 1 + seed % 3
             src = [[(i * 2 + (seed >> 3) % 2) for i in range(width)] for _ in range(B)]
-            if any(model_lens[b] + max(width, src[b][-1] + 1) > Tmax for b in range(B)):
+            reach = [model_lens[b] + max(width, src[b][-1] + 1) for b in range(B)]
+            if any(r > Tmax for r in reach):
                 with pytest.raises(TridiffInputError):
-                    ops.kv_compact_(kc, vc, lens, torch.tensor(src, **I32), block_table=table)
+                    ops.kv_compact_(kc, vc, lens, torch.tensor(src, **I32), block_table=table, backend=backend)
                 continue
-            ops.kv_compact_(kc, vc, lens, torch.tensor(src, **I32), block_table=table)
+            reserve(reach)
+            ops.kv_compact_(kc, vc, lens, torch.tensor(src, **I32), block_table=table, backend=backend)
             for b in range(B):
                 p = model_lens[b]
                 moved = [model[b][p + s] for s in src[b]]
                 for i, val in enumerate(moved):
                     model[b][p + i] = val
         assert lens.tolist() == model_lens
+        if paged:
+            pm.check(table, free, count)
         for b in range(B):
             row = logical(kc, b)
-            for t in range(Tmax):
+            for t in range(row.shape[0]):
                 want = model[b][t]
                 if want is not None:
                     assert float(row[t, 0, 0]) == want and float(row[t, 0, 1]) == -want, (name, b, t)
-                else:
-                    assert float(row[t, 0, 0]) == 0.0, (name, b, t)
             assert torch.equal(logical(vc, b), row)
 
 
