@@ -142,5 +142,6 @@ def accept_rejection(target_logits, draft_logits, draft_tokens, cache_lens, eos_
     K.rejection_finish_kernel[(B,)](target_logits, dl, draft, seed, offset, pm, ps, bv, bi, rv, ri, qv, qi, ra,
                                     cache_lens, n_acc, tokens, n_emit, nxt, new_lens, hit, n, S1, S2, int(eos_id),
                                     tb, *strides, draft.stride(0), tokens.stride(0), ACC=acc, PRECISE=precise(),
-                                    BLOCK_N=p2(n), BLOCK_N1=p2(n1), BLOCK_S=block_s)
+                                    BLOCK_N=p2(n), BLOCK_N1=p2(n1), BLOCK_S=block_s,
+                                    num_warps=8)  # 4 warps spill at n=63 (255 regs); 8: 106 regs
     return outs

@@ -132,7 +132,8 @@ def _pages_launch(kernel, block_table, free_pages, free_count, lens, page_size):
     block_b = _p2(B)
     block_p = min(_p2(max_pages), max(1, _TILE // block_b))
     kernel[(1,)](block_table, free_pages, free_count, lens.contiguous(), B, max_pages, block_table.stride(0),
-                 int(page_size), BLOCK_B=block_b, BLOCK_P=block_p)
+                 int(page_size), BLOCK_B=block_b, BLOCK_P=block_p,
+                 num_warps=8)  # 4 warps spill on [64, 256] tables (255 regs); 8: 171 regs
 
 
 def supports_paged_reserve_(block_table, free_pages, free_count, target_lens, page_size):
