@@ -7,6 +7,7 @@
 #include "accept/accept.cuh"
 #include "accept/rejection.cuh"
 #include "accept/sample.cuh"
+#include "attention/attn_tiling.cuh"
 #include "kv/kv_compact.cuh"
 #include "kv/kv_write.cuh"
 #include "kv/paged.cuh"
@@ -32,6 +33,7 @@ inline int64_t scan_chunk(int dtype) {
     static int confidence_finish(const ConfArgs& a, int dtype, void* stream);            \
     static int unmask(const UnmaskArgs& a, int dtype, void* stream);                     \
     static int rejection(const RejectionArgs& a, int dtype, int64_t chunk, void* stream); \
+    static int attention(const AttnArgs& a, int dtype, void* stream);                    \
   };
 
 TD_DECLARE_IMPL(CpuImpl)

@@ -156,6 +156,32 @@ void bind_ops(py::module_& m) {
     a.out.new_cache_lens = ptr<int32_t>(new_cache_lens); a.out.hit_eos = ptr<uint8_t>(hit_eos);
     check(Impl::rejection(a, dtype, chunk, ptr<void>(stream)), "rejection");
   });
+  // Attention (csrc/attention): the split count the launcher should use, then the call.
+  m.def("attention_num_splits", [](int64_t programs, int64_t capacity, int64_t sms) {
+    return attn_num_splits(programs, capacity, sms);
+  });
+  m.def("attention_block_m", []() { return (int64_t)kAttnBlockM; });
+  m.def("attention", [](int dtype, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t k_cache, uintptr_t v_cache,
+                        uintptr_t out, uintptr_t cache_lens, uintptr_t modes, uintptr_t mode_args, uintptr_t q_lens,
+                        uintptr_t block_table, int64_t outer, int64_t token, int64_t tokens, int64_t max_pages,
+                        py::tuple strides, int64_t B, int64_t Tq, int64_t Hq, int64_t Hkv, int64_t D,
+                        double scale_log2, bool write_kv, int num_splits, uintptr_t ws_o, uintptr_t ws_lse,
+                        uintptr_t stream) {
+    if (strides.size() != 12) throw std::invalid_argument("attention: strides needs 12 entries");
+    AttnArgs a;
+    a.q = ptr<const void>(q); a.k = ptr<const void>(k); a.v = ptr<const void>(v);
+    a.k_cache = ptr<char>(k_cache); a.v_cache = ptr<char>(v_cache); a.out = ptr<void>(out);
+    a.cache_lens = ptr<const int32_t>(cache_lens); a.modes = ptr<const int8_t>(modes);
+    a.mode_args = ptr<const int32_t>(mode_args); a.q_lens = ptr<const int32_t>(q_lens);
+    a.cache = layout(block_table, outer, token, tokens, max_pages);
+    int64_t* dst[12] = {&a.q_sb, &a.q_st, &a.q_sh, &a.k_sb, &a.k_st, &a.k_sh,
+                        &a.v_sb, &a.v_st, &a.v_sh, &a.o_sb, &a.o_st, &a.o_sh};
+    for (int i = 0; i < 12; ++i) *dst[i] = strides[i].cast<int64_t>();
+    a.B = B; a.Tq = Tq; a.Hq = Hq; a.Hkv = Hkv; a.D = D;
+    a.scale_log2 = scale_log2; a.write_kv = write_kv ? 1 : 0; a.num_splits = num_splits;
+    a.ws_o = ptr<void>(ws_o); a.ws_lse = ptr<void>(ws_lse);
+    check(Impl::attention(a, dtype, ptr<void>(stream)), "attention");
+  });
 }
 
 }  // namespace td

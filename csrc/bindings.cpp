@@ -3,7 +3,7 @@
 #include "bind.h"
 
 PYBIND11_MODULE(_cuda, m) {
-  m.doc() = "tridiff CUDA kernels (KV cache, acceptance, sampling)";
+  m.doc() = "tridiff CUDA kernels (KV cache, acceptance, sampling, attention)";
   td::bind_ops<td::CudaImpl>(m);
   TD_MODULE_INFO(m)
 }

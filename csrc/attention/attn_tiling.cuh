@@ -1,0 +1,235 @@
+// Mode-switchable attention over a KV cache (SPEC.md section 2): the tiling, written
+// once as TD_HD logic shared by the CUDA kernel (attn_kernel.cuh) and the CPU build
+// (csrc/cpu/attention_cpu.cpp), so the CPU tests check the very key ranges, split
+// partition, visibility, online-softmax steps and LSE merge the GPU runs.
+//
+// Work unit ("tile"): kBlockM query rows of one sequence b and one KV head, packed as
+// block_q = kBlockM / group consecutive query positions x the group query heads that
+// share the KV head (GQA), so each K/V key block is read once for all of them; times
+// one split of the committed cache. Keys are walked in kBlockN blocks in two phases:
+//   1. committed slots [0, P): the split's chunk of them (every live row sees all);
+//   2. new tokens [0, n_hi) from k/v, last split only, n_hi the furthest key any row
+//      of the tile may see; the per-element predicate masks the rest.
+// Softmax is online in base 2 (scores pre-scaled by softmax_scale * log2 e). One split
+// writes the output; several write normalised partials + log2-sum-exp to a workspace
+// that merge_element combines.
+#pragma once
+#include "../accept/sample.cuh"  // store_as: round-to-nearest-even fp16/bf16 stores
+#include "../kv/slots.cuh"
+
+namespace td {
+
+constexpr int kAttnBlockM = 64;        // query rows per tile (4 warps x 16 on the GPU)
+constexpr int kAttnBlockN = 64;        // keys per block
+constexpr int kAttnMinKeysPerSplit = 256;
+constexpr int kAttnMaxSplits = 128;
+
+enum AttnMode : int { kCausal = 0, kBidirBlock = 1, kQuadratic = 2, kCausalThenBidir = 3 };
+
+struct AttnArgs {
+  const void* q;      // [B, Tq, Hq, D]   element strides q_s*
+  const void* k;      // [B, Tq, Hkv, D]
+  const void* v;
+  char* k_cache;      // contiguous or paged, [Hkv, D] slab per token; layout `cache` (bytes)
+  char* v_cache;
+  void* out;          // [B, Tq, Hq, D]
+  const int32_t* cache_lens;
+  const int8_t* modes;
+  const int32_t* mode_args;
+  const int32_t* q_lens;
+  CacheLayout cache;
+  int64_t q_sb, q_st, q_sh, k_sb, k_st, k_sh, v_sb, v_st, v_sh, o_sb, o_st, o_sh;
+  int64_t B, Tq, Hq, Hkv, D;
+  double scale_log2;  // softmax_scale * log2(e)
+  int write_kv;
+  int num_splits;
+  void* ws_o;         // [num_splits, B*Tq*Hq, D] accumulator type (num_splits > 1)
+  void* ws_lse;       // [num_splits, B*Tq*Hq]
+};
+
+TD_HD int64_t attn_group(const AttnArgs& a) { return a.Hq / a.Hkv; }
+TD_HD int64_t attn_block_q(const AttnArgs& a) { return kAttnBlockM / attn_group(a); }
+TD_HD int64_t attn_qtiles(const AttnArgs& a) { return ceil_div(a.Tq, attn_block_q(a)); }
+TD_HD int64_t attn_ws_rows(const AttnArgs& a) { return a.B * a.Tq * a.Hq; }
+
+// Splits of the committed cache: only when the tiles alone cannot fill the machine
+// (`sms` stand-ins: SM count on the GPU, thread count on the CPU), each split keeping
+// >= kAttnMinKeysPerSplit keys so its fixed cost (Q load, partial write, merge) stays
+// small. Sized from the capacity, never from cache_lens: no host sync.
+TD_HD int64_t attn_num_splits(int64_t programs, int64_t capacity, int64_t sms) {
+  if (programs <= 0 || programs >= sms) return 1;
+  const int64_t want = ceil_div(sms, programs);
+  return max64(1, min64(min64(want, capacity / kAttnMinKeysPerSplit), kAttnMaxSplits));
+}
+
+// Row r of a tile: query position q0 + r / group, head kvh * group + r % group.
+struct TileRow {
+  int64_t qpos, head;
+  bool live;   // a real query row (qpos < n): it attends
+  bool store;  // an output row (qpos < Tq): it is written (zeros when not live)
+};
+
+TD_HD TileRow tile_row(const AttnArgs& a, int64_t q0, int64_t kvh, int64_t n, int r) {
+  const int64_t group = attn_group(a), bq = attn_block_q(a);
+  TileRow t;
+  const int64_t pi = r / group;
+  t.qpos = q0 + pi;
+  t.head = kvh * group + r % group;
+  t.store = pi < bq && t.qpos < a.Tq;
+  t.live = t.store && t.qpos < n;
+  return t;
+}
+
+// Per-sequence scalars of a tile.
+struct TileMeta {
+  int64_t P, n, arg;
+  int mode;
+  int64_t c_lo, c_hi;  // committed slots of this split
+  int64_t n_hi;        // new keys [0, n_hi) this tile walks (0 unless last split)
+};
+
+// The split partition of [0, P): chunks of whole key blocks, ceil(P / S) rounded up.
+TD_HD int64_t split_chunk(int64_t P, int64_t splits) {
+  return ceil_div(ceil_div(P, splits), kAttnBlockN) * kAttnBlockN;
+}
+
+TD_HD TileMeta tile_meta(const AttnArgs& a, int64_t b, int64_t q0, int64_t split) {
+  TileMeta m;
+  m.P = a.cache_lens[b];
+  m.n = a.q_lens[b];
+  m.mode = (int)a.modes[b];
+  m.arg = a.mode_args[b];
+  const bool live = q0 < m.n;
+  const int64_t chunk = split_chunk(m.P, a.num_splits);
+  m.c_lo = split * chunk;
+  m.c_hi = live ? max64(m.c_lo, min64(m.P, m.c_lo + chunk)) : m.c_lo;
+  m.n_hi = 0;
+  if (live && split == a.num_splits - 1) {
+    const int64_t q_last = min64(q0 + attn_block_q(a), m.n) - 1;
+    if (m.mode == kBidirBlock || (m.mode == kCausalThenBidir && q_last >= m.n - m.arg)) {
+      m.n_hi = m.n;
+    } else if (m.mode == kQuadratic) {
+      const int64_t sub = m.arg + 1;  // sub-block a = [d_a, MASK x L]: rows see sub-blocks <= their own
+      m.n_hi = min64(m.n, (q_last / sub + 1) * sub);
+    } else {
+      m.n_hi = q_last + 1;  // causal rows: keys up to the tile's last row
+    }
+  }
+  return m;
+}
+
+// The tile's key walk as one sequence of blocks (the GPU pipelines its loads along it):
+// blocks [0, nb_cache) cover the split's committed slots, the rest the new keys.
+struct KeyBlock {
+  bool is_new;    // new tokens (from k/v, masked by the mode) or committed slots
+  int64_t start;  // first key: a cache position, or a new-token index
+  int64_t nk;     // keys in this block (<= kAttnBlockN)
+};
+
+TD_HD int64_t tile_cache_blocks(const TileMeta& m) { return ceil_div(m.c_hi - m.c_lo, kAttnBlockN); }
+TD_HD int64_t tile_key_blocks(const TileMeta& m) { return tile_cache_blocks(m) + ceil_div(m.n_hi, kAttnBlockN); }
+
+TD_HD KeyBlock tile_key_block(const TileMeta& m, int64_t i) {
+  KeyBlock k;
+  const int64_t nc = tile_cache_blocks(m);
+  k.is_new = i >= nc;
+  k.start = k.is_new ? (i - nc) * kAttnBlockN : m.c_lo + i * kAttnBlockN;
+  k.nk = min64(kAttnBlockN, (k.is_new ? m.n_hi : m.c_hi) - k.start);
+  return k;
+}
+
+// SPEC section 2 among new tokens: may live new row i see new key jn (both < n)?
+TD_HD bool new_key_visible(int mode, int64_t arg, int64_t n, int64_t i, int64_t jn) {
+  if (jn >= n) return false;
+  switch (mode) {
+    case kBidirBlock: return true;
+    case kQuadratic: {
+      const int64_t sub = arg + 1;
+      const int64_t ra = i / sub, rb = i % sub, ka = jn / sub, kb = jn % sub;
+      return (kb == 0 && ka <= ra) || (rb != 0 && ka == ra);
+    }
+    case kCausalThenBidir: return i >= n - arg || jn <= i;
+    default: return jn <= i;
+  }
+}
+
+// One key block of online softmax for one row, given the block's max scaled score
+// (-inf when the row sees nothing in it). m stays -inf until the row sees a key; then
+// m_use = 0 so that no inf - inf appears. p_j = exp2(s_j - m_use), l = l * alpha + sum p,
+// acc = acc * alpha + p V.
+template <typename A>
+struct OnlineStep {
+  A m_new, m_use, alpha;
+};
+
+TD_HD float exp2_acc(float x) {
+#if defined(__CUDA_ARCH__)
+  return exp2f(x);
+#else
+  return std::exp2(x);
+#endif
+}
+TD_HD double exp2_acc(double x) {
+#if defined(__CUDA_ARCH__)
+  return exp2(x);
+#else
+  return std::exp2(x);
+#endif
+}
+TD_HD float log2_acc(float x) {
+#if defined(__CUDA_ARCH__)
+  return log2f(x);
+#else
+  return std::log2(x);
+#endif
+}
+TD_HD double log2_acc(double x) {
+#if defined(__CUDA_ARCH__)
+  return log2(x);
+#else
+  return std::log2(x);
+#endif
+}
+
+template <typename A>
+TD_HD A neg_inf_acc() { return (A)neg_inf(); }
+
+template <typename A>
+TD_HD OnlineStep<A> online_step(A m_old, A block_max) {
+  OnlineStep<A> s;
+  s.m_new = m_old > block_max ? m_old : block_max;
+  s.m_use = s.m_new == neg_inf_acc<A>() ? (A)0 : s.m_new;
+  s.alpha = exp2_acc(m_old - s.m_use);  // m_old = -inf -> 0
+  return s;
+}
+
+// Epilogue of one row: normalised output (0 for rows with no visible key) and its
+// log2-sum-exp (-inf then).
+template <typename A>
+TD_HD A row_inv_l(bool live, A l) { return (live && l > (A)0) ? (A)1 / l : (A)0; }
+template <typename A>
+TD_HD A row_lse(bool live, A m, A l) { return (live && l > (A)0) ? m + log2_acc(l) : neg_inf_acc<A>(); }
+
+// LSE merge of the split partials of workspace row `row`, element d. Splits that saw
+// no key wrote lse = -inf and are skipped (their o is never read).
+template <typename A>
+TD_HD A merge_element(const A* ws_o, const A* ws_lse, int64_t splits, int64_t ws_rows, int64_t row,
+                      int64_t D, int64_t d) {
+  A m = neg_inf_acc<A>();
+  for (int64_t s = 0; s < splits; ++s) {
+    const A x = ws_lse[s * ws_rows + row];
+    m = x > m ? x : m;
+  }
+  if (m == neg_inf_acc<A>()) return (A)0;
+  A total = 0, acc = 0;
+  for (int64_t s = 0; s < splits; ++s) {
+    const A x = ws_lse[s * ws_rows + row];
+    if (x == neg_inf_acc<A>()) continue;
+    const A w = exp2_acc(x - m);
+    total += w;
+    acc += w * ws_o[(s * ws_rows + row) * D + d];
+  }
+  return acc / total;
+}
+
+}  // namespace td
