@@ -9,16 +9,28 @@ pointer, counters) and advances on its own, so a row gives in a batch exactly wh
 gives alone. A finished row stays in the batch as a no-op: its writing forwards get
 q_lens = 0 (nothing written or committed), its state is frozen with torch.where and it
 is not counted. Inside an iteration nothing is copied to the host; the only host reads
-are the "is any row still running" checks, one every `eos_check_every` iterations.
+are the "is any row still running" checks, one every `eos_check_every` iterations (and,
+spaced the same way, "does any row still draft" between the passes of a threshold
+draft or a diffusion block, whose pass counts depend on the data).
 
 Randomness (temperature > 0) is counter based: key = `seed` for every row (so a row's
 noise does not depend on its batch), offset = the row's own forward counter (prefill = 0),
 streams as in tridiff.reference.philox. Quadratic self-speculation is greedy only.
+
+CUDA graphs: one iteration of AR, linear and quadratic self-speculation is a method
+(`ar_step`, `linear_step`, `quadratic_step`; a threshold draft splits the linear one
+into `linear_begin_and_pass`, `draft_pass` x k, `linear_verify`, each graphed on its
+own) that reads and writes only state buffers allocated before the loop, updated in
+place, with shapes fixed by (B, L, V): no host read, no host-to-device copy, no branch
+on a tensor value. The same method runs eagerly, or (cuda_graphs) once eagerly as
+warm-up on a side stream, then captured into a torch.cuda.CUDAGraph and replayed. Random offsets live in device tensors, so a
+replay draws fresh noise exactly as the eager step would.
 """
 from __future__ import annotations
 
 import operator
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
@@ -64,7 +76,8 @@ def generate(model, prompts: Sequence[Sequence[int]], *, mode: str = "ar", max_n
              block_length: Optional[int] = None, threshold: Optional[float] = None,
              temperature: float = 0.0, rule: str = "lossless", seed: int = 0, backend: str = "auto",
              eos_check_every: int = 1, eos_id: Optional[int] = None, adapter: bool = True,
-             paged: bool = False, page_size: int = 16) -> GenerateOutput:
+             paged: bool = False, page_size: int = 16,
+             cuda_graphs: Optional[bool] = None) -> GenerateOutput:
     """Decode every prompt with one of the four SPEC modes.
 
     mode            "ar" | "diffusion" | "linear-spec" | "quadratic-spec"
@@ -84,14 +97,20 @@ def generate(model, prompts: Sequence[Sequence[int]], *, mode: str = "ar", max_n
                     quadratic forward, whose verify rows must be the base model).
                     Ignored by a model without adapter.
     paged           decode on a paged KV cache (page_size tokens per page)
+    cuda_graphs     replay each decoding iteration as a CUDA graph (AR, linear and
+                    quadratic self-speculation). None: on for a CUDA model in those
+                    modes, and a step whose capture fails runs eagerly with a warning;
+                    True: a failed capture raises; True on a CPU model or for diffusion
+                    is refused.
     """
     cfg = model.config
     L = int(block_length if block_length is not None else getattr(cfg, "block_length", 32))
     _validate(cfg, prompts, mode, max_new_tokens, L, threshold, temperature, rule, eos_check_every)
+    graphs = _use_graphs(cuda_graphs, mode, _device(model))
     run = _Run(model, prompts, mode, int(max_new_tokens), L, threshold, float(temperature), rule,
                int(seed), backend, int(eos_check_every),
                int(cfg.eos_token_id if eos_id is None else eos_id), bool(adapter),
-               dict(paged=True, page_size=page_size) if paged else {})
+               dict(paged=True, page_size=page_size) if paged else {}, graphs)
     start = time.perf_counter()
     # Arguments were validated above; inside, every op input is made by the loop itself,
     # so device-side value checks (host round trips) are skipped.
@@ -143,6 +162,24 @@ def _validate(cfg, prompts, mode, max_new_tokens, L, threshold, temperature, rul
             f"max_new_tokens {max_new_tokens})")
 
 
+GRAPH_MODES = ("ar", "linear-spec", "quadratic-spec")
+
+
+def _use_graphs(flag, mode, device):
+    """False (eager), True (graphs; a failed capture falls back to eager) or "strict"."""
+    if flag is not None and not isinstance(flag, bool):
+        raise TridiffInputError(f"cuda_graphs: expected None, True or False, got {flag!r}")
+    if flag is None:   # automatic: a failed capture warns and the step runs eagerly
+        return device.type == "cuda" and mode in GRAPH_MODES
+    if flag and device.type != "cuda":
+        raise TridiffInputError(f"cuda_graphs: expected None or False for a model on {device} "
+                                "(CUDA graphs need a CUDA model)")
+    if flag and mode not in GRAPH_MODES:
+        raise TridiffInputError(f"cuda_graphs: expected None or False for {mode} "
+                                f"(graphed modes: {', '.join(GRAPH_MODES)})")
+    return "strict" if flag else False   # asked for: a failed capture raises
+
+
 def _is_id(t, V) -> bool:
     if isinstance(t, bool):
         return False
@@ -168,7 +205,7 @@ class _Run:
     """Device-side state of one generate call; one method per mode."""
 
     def __init__(self, model, prompts, mode, max_new, L, threshold, temperature, rule, seed,
-                 backend, check_every, eos_id, adapter, cache_kw):
+                 backend, check_every, eos_id, adapter, cache_kw, graphs=False):
         self.model, self.mode, self.max_new, self.L = model, mode, max_new, L
         self.threshold, self.T, self.rule, self.backend = threshold, temperature, rule, backend
         self.check_every, self.eos, self.adapter = check_every, eos_id, adapter
@@ -190,6 +227,7 @@ class _Run:
         self.forced = torch.zeros(B, dtype=torch.int64, device=dev)
         self.seeds = torch.full((B,), seed, dtype=torch.int64, device=dev)
         self.active = torch.ones(B, dtype=torch.bool, device=dev)
+        self.graphs = graphs
 
     # ---- shared pieces --------------------------------------------------------------
 
@@ -230,6 +268,10 @@ class _Run:
         """Host check, every `check_every` iterations: is any row still running?"""
         return (it % self.check_every) or bool(self.active.any())
 
+    def stepper(self, fn):
+        """fn itself (eager), or a callable replaying it as a CUDA graph."""
+        return _Graphed(fn, strict=self.graphs == "strict") if self.graphs else fn
+
     def block_of(self, seed):
         blk = torch.full((self.B, self.L), self.mask, dtype=torch.int64, device=self.dev)
         blk[:, 0] = seed
@@ -238,20 +280,25 @@ class _Run:
     # ---- AR ---------------------------------------------------------------------------
 
     def ar(self):
-        tok = self.pick(self.prefill())
+        self.tok = self.pick(self.prefill())   # state buffer: the last token of every row
         self.count(self.active)
-        self.emit(tok[:, None], self.active.long())
-        self.active &= (tok != self.eos) & (self.n_out < self.max_new)
+        self.emit(self.tok[:, None], self.active.long())
+        self.active &= (self.tok != self.eos) & (self.n_out < self.max_new)
+        step = self.stepper(self.ar_step)
         for it in range(self.max_new - 1):
             if not self.running(it):
                 break
-            act = self.active.clone()
-            logits = self.forward(tok[:, None], modes=Mode.CAUSAL, kv="commit", q_lens=act.int())
-            nxt = self.pick(logits[:, 0])
-            self.count(act)
-            tok = torch.where(act, nxt, tok)
-            self.emit(tok[:, None], act.long())
-            self.active &= (tok != self.eos) & (self.n_out < self.max_new)
+            step()
+
+    def ar_step(self):
+        """One AR iteration on the state buffers (graph-capturable)."""
+        act = self.active.clone()
+        logits = self.forward(self.tok[:, None], modes=Mode.CAUSAL, kv="commit", q_lens=act.int())
+        nxt = self.pick(logits[:, 0])
+        self.count(act)
+        self.tok.copy_(torch.where(act, nxt, self.tok))
+        self.emit(self.tok[:, None], act.long())
+        self.active &= (self.tok != self.eos) & (self.n_out < self.max_new)
 
     # ---- diffusion --------------------------------------------------------------------
 
@@ -295,74 +342,123 @@ class _Run:
     # ---- linear self-speculation ------------------------------------------------------
 
     def linear(self):
-        L = self.L
-        seed = self.pick(self.prefill())
+        B, L, dev = self.B, self.L, self.dev
+        self.seed_tok = self.pick(self.prefill())   # state: next seed per row (uncommitted)
         self.count(self.active)
-        self.emit(seed[:, None], self.active.long())
-        self.active &= (seed != self.eos) & (self.n_out < self.max_new)
-        for it in range(self.max_new):   # every iteration emits >= 1 token per running row
+        self.emit(self.seed_tok[:, None], self.active.long())
+        self.active &= (self.seed_tok != self.eos) & (self.n_out < self.max_new)
+        # Per-iteration state shared by the pieces of a threshold draft.
+        self.act = torch.zeros(B, dtype=torch.bool, device=dev)
+        self.todo = torch.zeros(B, dtype=torch.bool, device=dev)
+        self.P = torch.zeros(B, dtype=torch.int32, device=dev)
+        self.block = torch.full((B, L), self.mask, dtype=torch.int64, device=dev)
+        if not self.threshold:
+            step = self.stepper(self.linear_step)
+            for it in range(self.max_new):   # every iteration emits >= 1 token per running row
+                if not self.running(it):
+                    break
+                step()
+            return
+        # Threshold draft: a data-dependent number of passes (like the finish check, the
+        # "any mask left" check is a host read every check_every passes, between graphs).
+        if self.lossless_sampling():
+            V = self.model.config.vocab_size
+            ldt = torch.float64 if self.model.dtype == torch.float64 else torch.float32
+            self.draft_logits = torch.zeros((B, L, V), dtype=ldt, device=dev)
+        first = self.stepper(self.linear_begin_and_pass)
+        more = self.stepper(self.draft_pass)
+        verify = self.stepper(self.linear_verify)
+        for it in range(self.max_new):
             if not self.running(it):
                 break
-            act = self.active.clone()
-            P = self.cache.lens.clone()
-            block, draft_logits = self._draft(self.block_of(seed), act)
-            fwd_verify = self.fwd.clone()
-            logits = self.forward(block, modes=Mode.CAUSAL, kv="commit", q_lens=act.int() * L)
-            self.count(act)
-            if self.T == 0 or self.rule == "reference":
-                res = ops.accept_linear(logits, block[:, 1:], P, eos_id=self.eos, temperature=self.T,
-                                        seed=self.seeds if self.T else None,
-                                        offset=fwd_verify if self.T else None, backend=self.backend)
-            else:
-                res = ops.accept_rejection(logits, draft_logits[:, 1:], block[:, 1:], P, eos_id=self.eos,
-                                           temperature=self.T, seed=self.seeds, offset=fwd_verify,
-                                           backend=self.backend)
-            self.cache.rollback_(torch.where(act, res.new_cache_lens.to(torch.int32), self.cache.lens))
-            self.emit(res.tokens[:, :L], torch.where(act, res.n_emitted.long(), 0))
-            self.acc_sum += torch.where(act, res.n_accepted.long(), 0)
-            self.iters += act
-            seed = torch.where(act, res.next_token, seed)
-            self.active &= ~res.hit_eos & (self.n_out < self.max_new)
+            first()
+            for step in range(1, L):   # each pass fills >= 1 mask or ends by the no-hang rule
+                if not self.masks_left(step):
+                    break
+                more()
+            verify()
 
-    def _draft(self, block, act):
-        """Fill the block's masks (adapter on, nothing committed). Returns (block, logits
-        each position was drawn from) -- the latter feed the lossless acceptance."""
-        mask, thr = self.mask, self.threshold
-        if not thr:   # one forward, every mask takes its argmax (mask id included)
-            logits = self.forward(block, modes=Mode.BIDIR_BLOCK, kv="none", adapter=self.adapter)
-            x0, _ = self._confidence(logits)
-            self.count(act)
-            return torch.where(block == mask, x0, block), logits
-        draft_logits = None
-        todo = act & (block == mask).any(1)
-        for step in range(self.L):   # each pass fills >= 1 mask or ends by the no-hang rule
-            if step and step % self.check_every == 0 and not bool(todo.any()):
-                break
-            logits = self.forward(block, modes=Mode.BIDIR_BLOCK, kv="none", adapter=self.adapter)
-            x0, conf = self._confidence(logits)
-            if self.T > 0 and self.rule == "lossless":
-                # choose WHICH positions to fill by greedy confidence, so that the choice
-                # does not depend on the sampled values (keeps the draft law = softmax/T)
-                conf = self._confidence(logits, greedy=True)[1]
-            new, moved = ops.diffusion_unmask(block, x0, conf, mask_id=mask, threshold=float(thr),
-                                              backend=self.backend)
-            # No-hang rule: a pass that changes nothing (every chosen position predicted the
-            # mask id) fills all remaining masks with their best non-mask token.
-            stuck = todo & (new == block).all(1)
-            no_mask = logits.clone()
-            no_mask[..., mask] = float("-inf")
-            fx0, _ = self._confidence(no_mask)
-            forced = stuck[:, None] & (block == mask)
-            new = torch.where(forced, fx0, new)
-            if draft_logits is None:
-                draft_logits = torch.zeros_like(logits)
+    def masks_left(self, step):
+        """Host check, every `check_every` draft passes: does any row still draft?"""
+        return (step % self.check_every) or bool(self.todo.any())
+
+    def lossless_sampling(self):
+        return self.T > 0 and self.rule == "lossless"
+
+    def linear_step(self):
+        """One iteration, one-forward draft: draft + fill, verify, accept, roll back,
+        emit, state update (graph-capturable)."""
+        self.linear_begin()
+        logits = self.forward(self.block, modes=Mode.BIDIR_BLOCK, kv="none", adapter=self.adapter)
+        x0, _ = self._confidence(logits)   # every mask takes its argmax (mask id included)
+        self.count(self.act)
+        self.block.copy_(torch.where(self.block == self.mask, x0, self.block))
+        self.linear_verify(logits)
+
+    def linear_begin(self):
+        self.act.copy_(self.active)
+        self.P.copy_(self.cache.lens)
+        self.block.copy_(self.block_of(self.seed_tok))
+        self.todo.copy_(self.act & (self.block == self.mask).any(1))
+
+    def linear_begin_and_pass(self):
+        self.linear_begin()
+        if self.lossless_sampling():
+            self.draft_logits.zero_()
+        self.draft_pass()
+
+    def draft_pass(self):
+        """One threshold draft pass over self.block for the rows in self.todo (adapter on,
+        nothing committed); self.draft_logits keeps the logits each position was drawn from
+        (they feed the lossless acceptance)."""
+        mask, block, todo = self.mask, self.block, self.todo
+        logits = self.forward(block, modes=Mode.BIDIR_BLOCK, kv="none", adapter=self.adapter)
+        x0, conf = self._confidence(logits)
+        if self.lossless_sampling():
+            # choose WHICH positions to fill by greedy confidence, so that the choice
+            # does not depend on the sampled values (keeps the draft law = softmax/T)
+            conf = self._confidence(logits, greedy=True)[1]
+        new, moved = ops.diffusion_unmask(block, x0, conf, mask_id=mask, threshold=float(self.threshold),
+                                          backend=self.backend)
+        # No-hang rule: a pass that changes nothing (every chosen position predicted the
+        # mask id) fills all remaining masks with their best non-mask token.
+        stuck = todo & (new == block).all(1)
+        no_mask = logits.clone()
+        no_mask[..., mask] = float("-inf")
+        fx0, _ = self._confidence(no_mask)
+        forced = stuck[:, None] & (block == mask)
+        new = torch.where(forced, fx0, new)
+        if self.lossless_sampling():
             drawn = todo[:, None, None] & (moved | forced)[..., None]
-            draft_logits = torch.where(drawn, torch.where(forced[..., None], no_mask, logits), draft_logits)
-            block = torch.where(todo[:, None], new, block)
-            self.count(todo)
-            self.forced += stuck
-            todo &= (block == mask).any(1)
-        return block, draft_logits
+            self.draft_logits.copy_(torch.where(drawn, torch.where(forced[..., None], no_mask, logits),
+                                                self.draft_logits))
+        block.copy_(torch.where(todo[:, None], new, block))
+        self.count(todo)
+        self.forced += stuck
+        todo &= (block == mask).any(1)
+
+    def linear_verify(self, draft_logits=None):
+        """Verify forward (KV committed for all L), accept, roll back, emit, next seed."""
+        L, act, block = self.L, self.act, self.block
+        if draft_logits is None and self.lossless_sampling():
+            draft_logits = self.draft_logits
+        fwd_verify = self.fwd.clone()
+        logits = self.forward(block, modes=Mode.CAUSAL, kv="commit", q_lens=act.int() * L)
+        self.count(act)
+        if not self.lossless_sampling():
+            res = ops.accept_linear(logits, block[:, 1:], self.P, eos_id=self.eos, temperature=self.T,
+                                    seed=self.seeds if self.T else None,
+                                    offset=fwd_verify if self.T else None, backend=self.backend)
+        else:
+            res = ops.accept_rejection(logits, draft_logits[:, 1:], block[:, 1:], self.P, eos_id=self.eos,
+                                       temperature=self.T, seed=self.seeds, offset=fwd_verify,
+                                       backend=self.backend)
+        self.cache.rollback_(torch.where(act, res.new_cache_lens.to(torch.int32), self.cache.lens))
+        self.emit(res.tokens[:, :L], torch.where(act, res.n_emitted.long(), 0))
+        self.acc_sum += torch.where(act, res.n_accepted.long(), 0)
+        self.iters += act
+        self.seed_tok.copy_(torch.where(act, res.next_token, self.seed_tok))
+        self.active &= ~res.hit_eos & (self.n_out < self.max_new)
 
     # ---- quadratic self-speculation ---------------------------------------------------
 
@@ -381,30 +477,36 @@ class _Run:
         # draft[0]: AR reading of the last prompt row; draft[j>0]: diffusion reading of block row j
         cols = self.prompt_lens.long()[:, None] + torch.arange(L, device=dev)[None, :]
         cols[:, 0] -= 1
-        draft = self.pick(logits[rows, cols])
+        self.draft = self.pick(logits[rows, cols])   # state: the current draft per row
         self.count(self.active)
         a = torch.arange(L, device=dev)[:, None]
         b_ = torch.arange(L + 1, device=dev)[None, :]
-        offsets = (a + b_).reshape(1, -1)   # slot (a, b) sits at position P + a + b
-        verify_slots = ops.quadratic_verify_slots(L, B, device=dev)
+        self.offsets = (a + b_).reshape(1, -1)   # slot (a, b) sits at position P + a + b
+        self.verify_slots = ops.quadratic_verify_slots(L, B, device=dev)
+        step = self.stepper(self.quadratic_step)
         for it in range(self.max_new):   # every iteration emits >= 1 token per running row
             if not self.running(it):
                 break
-            act = self.active.clone()
-            P = self.cache.lens.clone()
-            qtok = torch.full((B, L, L + 1), mask, dtype=torch.int64, device=dev)
-            qtok[:, :, 0] = draft
-            logits = self.forward(qtok.reshape(B, -1), modes=Mode.QUADRATIC, mode_args=L, kv="write",
-                                  positions=P.long()[:, None] + offsets)
-            self.count(act)
-            res = ops.accept_quadratic(logits, draft, P, eos_id=self.eos, backend=self.backend)
-            self.cache.compact_(verify_slots)          # d slots -> P .. P+L-1
-            self.cache.commit_(torch.where(act, res.n_accepted.to(torch.int32), 0))
-            self.emit(res.tokens, torch.where(act, res.n_emitted.long(), 0))
-            self.acc_sum += torch.where(act, res.n_accepted.long(), 0)
-            self.iters += act
-            draft = torch.where(act[:, None], res.next_draft, draft)
-            self.active &= ~res.hit_eos & (self.n_out < self.max_new)
+            step()
+
+    def quadratic_step(self):
+        """One QUADRATIC(L) forward, accept, keep the d-slot KV, emit (graph-capturable)."""
+        L, B, draft = self.L, self.B, self.draft
+        act = self.active.clone()
+        P = self.cache.lens.clone()
+        qtok = torch.full((B, L, L + 1), self.mask, dtype=torch.int64, device=self.dev)
+        qtok[:, :, 0] = draft
+        logits = self.forward(qtok.reshape(B, -1), modes=Mode.QUADRATIC, mode_args=L, kv="write",
+                              positions=P.long()[:, None] + self.offsets)
+        self.count(act)
+        res = ops.accept_quadratic(logits, draft, P, eos_id=self.eos, backend=self.backend)
+        self.cache.compact_(self.verify_slots)          # d slots -> P .. P+L-1
+        self.cache.commit_(torch.where(act, res.n_accepted.to(torch.int32), 0))
+        self.emit(res.tokens, torch.where(act, res.n_emitted.long(), 0))
+        self.acc_sum += torch.where(act, res.n_accepted.long(), 0)
+        self.iters += act
+        draft.copy_(torch.where(act[:, None], res.next_draft, draft))
+        self.active &= ~res.hit_eos & (self.n_out < self.max_new)
 
     # ---- results ----------------------------------------------------------------------
 
@@ -426,6 +528,49 @@ class _Run:
                 mean_accepted=(acc[b] / iters[b] if iters[b] else 0.0) if spec else None,
                 iterations=iters[b], forced_fills=forced[b]))
         return rows
+
+
+class _Graphed:
+    """Calls fn eagerly once as warm-up on a side stream (lazy init, allocator, kernel
+    compilation and autotuning happen there; that call is a real iteration), captures
+    fn into a CUDA graph on the second call and replays it from then on (capture only
+    records, so the replay right after it is that call's iteration). fn must read and
+    write only tensors that outlive it, in place (torch.cuda.graphs semantics)."""
+
+    def __init__(self, fn, strict):
+        self.fn, self.strict, self.replay, self.warm = fn, strict, None, False
+
+    def __call__(self):
+        if self.replay is None:
+            if not self.warm:
+                _warm_up(self.fn)
+                self.warm = True
+                return
+            try:
+                self.replay = _capture(self.fn)
+            except Exception as exc:   # a failed capture ran nothing: the state is intact
+                if self.strict:
+                    raise
+                warnings.warn(f"CUDA graph capture of {getattr(self.fn, '__name__', 'a step')} failed "
+                              f"({exc}); running it eagerly", RuntimeWarning, stacklevel=2)
+                self.replay = self.fn
+        self.replay()
+
+
+def _warm_up(fn):
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+
+
+def _capture(fn):
+    """Record fn into a CUDA graph (nothing runs) and return its replay."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
 
 
 def _block_settled(block, mask_id, eos_id):

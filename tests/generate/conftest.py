@@ -31,3 +31,14 @@ def prompts(model):
         ids = [int(x) for x in torch.randint(200, V, (n,), generator=g)]
         out.append([model.config.bos_token_id] + [t for t in ids if t not in specials])
     return out
+
+
+@pytest.fixture(scope="session")
+def cuda_model(tiny_dir):
+    """The tiny checkpoint on the GPU in float32 (eager and graphed runs must agree
+    bit for bit, so the dtype only has to be the same for both)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from tridiff.model import Model
+
+    return Model.from_pretrained(tiny_dir, device="cuda", dtype=torch.float32)

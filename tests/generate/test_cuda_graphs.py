@@ -1,0 +1,183 @@
+"""CUDA-graph decoding (generate(cuda_graphs=...)).
+
+On CUDA: replaying the captured iteration gives exactly the eager tokens and counters
+for AR, linear and quadratic self-speculation, on a batch of three prompts of
+different lengths, greedy and sampled (same seed -> same tokens), with a row that
+stops early on eos, on contiguous and paged caches.
+
+On CPU: the argument rules, and the warm-up / capture / replay bookkeeping driven
+through a stand-in capture that records nothing (like a real capture) and replays the
+step eagerly, checking after every replay that the step only wrote into the state
+buffers that existed before it (the property a real graph relies on).
+"""
+import pytest
+import torch
+
+from tridiff import generate as gen
+from tridiff._checks import TridiffInputError
+from tridiff.generate import generate
+
+L, N = 4, 8
+CASES = [
+    ("ar", {}),
+    ("ar", {"temperature": 1.0}),
+    ("ar", {"paged": True, "page_size": 3}),
+    ("linear-spec", {}),
+    ("linear-spec", {"temperature": 1.0, "rule": "lossless"}),
+    ("linear-spec", {"temperature": 1.0, "rule": "reference"}),
+    ("linear-spec", {"threshold": 0.6}),
+    ("linear-spec", {"threshold": 0.6, "temperature": 1.0, "rule": "lossless"}),
+    ("linear-spec", {"temperature": 1.0, "paged": True, "page_size": 3}),
+    ("quadratic-spec", {}),
+    ("quadratic-spec", {"paged": True, "page_size": 3}),
+]
+IDS = ["ar", "ar-T1", "ar-paged", "linear", "linear-T1-lossless", "linear-T1-reference", "linear-thr",
+       "linear-thr-T1-lossless", "linear-T1-paged", "quadratic", "quadratic-paged"]
+
+
+def _fields(out):
+    return [(r.tokens, r.nfe, r.mean_accepted, r.iterations, r.forced_fills) for r in out.results]
+
+
+def _state(run):
+    """Identity, storage and layout of every tensor the step may touch between calls."""
+    owners = {"run": vars(run), "cache": vars(run.cache)}
+    return {(o, k): (id(v), v.data_ptr(), tuple(v.shape), v.dtype)
+            for o, d in owners.items() for k, v in d.items() if isinstance(v, torch.Tensor)}
+
+
+@pytest.fixture
+def stand_in_graphs(monkeypatch):
+    """Force the graphed path on CPU with a stand-in for warm-up and capture."""
+    log = {"warm": 0, "capture": 0, "replay": 0}
+
+    def warm_up(fn):
+        log["warm"] += 1
+        fn()
+
+    def capture(fn):
+        log["capture"] += 1   # a real capture only records: nothing runs here
+        run = fn.__self__
+
+        def replay():
+            before = _state(run)
+            fn()
+            log["replay"] += 1
+            assert _state(run) == before, f"{fn.__name__} rebound or reallocated a state tensor"
+        return replay
+
+    monkeypatch.setattr(gen, "_use_graphs",
+                        lambda flag, mode, device: "strict" if mode in gen.GRAPH_MODES else False)
+    monkeypatch.setattr(gen, "_warm_up", warm_up)
+    monkeypatch.setattr(gen, "_capture", capture)
+    return log
+
+
+@pytest.mark.parametrize("mode,extra", CASES, ids=IDS)
+def test_stand_in_graphs_equal_eager(model, prompts, stand_in_graphs, mode, extra):
+    kw = dict(mode=mode, max_new_tokens=N, block_length=L, eos_id=-1, eos_check_every=2, seed=5, **extra)
+    graphed = generate(model, prompts, **kw)
+    log = dict(stand_in_graphs)
+    assert log["warm"] >= 1 and log["capture"] >= 1 and log["replay"] >= 1
+    # one stepper per mode; a threshold draft has three (begin + pass, extra pass, verify)
+    assert log["capture"] <= log["warm"] <= (3 if "threshold" in extra else 1)
+    with pytest.MonkeyPatch.context() as mp:   # the graph switch really off
+        mp.setattr(gen, "_use_graphs", lambda flag, mode, device: False)
+        eager = generate(model, prompts, **kw)
+    assert stand_in_graphs == log   # the eager run went through no stand-in
+    assert _fields(graphed) == _fields(eager)
+
+
+def test_cuda_graphs_argument(model, prompts, monkeypatch):
+    kw = dict(max_new_tokens=N, block_length=L, eos_id=-1)
+    with pytest.raises(TridiffInputError, match="cuda_graphs"):
+        generate(model, prompts[:1], mode="ar", cuda_graphs=True, **kw)   # a CPU model
+    with pytest.raises(TridiffInputError, match="cuda_graphs"):
+        generate(model, prompts[:1], mode="ar", cuda_graphs="yes", **kw)
+    assert gen._use_graphs(None, "ar", torch.device("cpu")) is False
+    assert gen._use_graphs(None, "ar", torch.device("cuda")) is True
+    assert gen._use_graphs(None, "diffusion", torch.device("cuda")) is False
+    assert gen._use_graphs(False, "linear-spec", torch.device("cuda")) is False
+    assert gen._use_graphs(True, "quadratic-spec", torch.device("cuda")) == "strict"
+    with pytest.raises(TridiffInputError, match="diffusion"):
+        gen._use_graphs(True, "diffusion", torch.device("cuda"))
+
+    def no_capture(fn):
+        raise AssertionError("captured on CPU")
+    monkeypatch.setattr(gen, "_warm_up", no_capture)
+    monkeypatch.setattr(gen, "_capture", no_capture)
+    out = generate(model, prompts[:1], mode="ar", **kw)   # None on CPU = eager
+    assert len(out.results[0].tokens) == N
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["auto", "asked"])
+def test_failed_capture(model, prompts, monkeypatch, strict):
+    """cuda_graphs=None: a step whose capture fails warns and runs eagerly, with the
+    eager result; cuda_graphs=True: the failure is raised."""
+    kw = dict(mode="linear-spec", max_new_tokens=N, block_length=L, eos_id=-1, temperature=1.0, seed=3)
+    eager = generate(model, prompts, **kw)
+
+    def capture(fn):
+        raise RuntimeError("operation not permitted when stream is capturing")
+    monkeypatch.setattr(gen, "_use_graphs", lambda flag, mode, device: "strict" if strict else True)
+    monkeypatch.setattr(gen, "_warm_up", lambda fn: fn())
+    monkeypatch.setattr(gen, "_capture", capture)
+    if strict:
+        with pytest.raises(RuntimeError, match="capturing"):
+            generate(model, prompts, **kw)
+    else:
+        with pytest.warns(RuntimeWarning, match="capture of linear_step failed"):
+            out = generate(model, prompts, **kw)
+        assert _fields(out) == _fields(eager)
+
+
+# ---- on the GPU ---------------------------------------------------------------------------
+
+@pytest.fixture
+def graph_log(monkeypatch):
+    """Counts real captures and replays."""
+    log = {"capture": 0, "replay": 0}
+    real = gen._capture
+
+    def capture(fn):
+        log["capture"] += 1
+        replay = real(fn)
+
+        def counted():
+            log["replay"] += 1
+            replay()
+        return counted
+    monkeypatch.setattr(gen, "_capture", capture)
+    return log
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@needs_cuda
+@pytest.mark.parametrize("mode,extra", CASES, ids=IDS)
+def test_graph_replay_equals_eager(cuda_model, prompts, graph_log, mode, extra):
+    kw = dict(mode=mode, max_new_tokens=N, block_length=L, eos_check_every=2, seed=5, **extra)
+    eager = generate(cuda_model, prompts, cuda_graphs=False, eos_id=-1, **kw)
+    assert graph_log["capture"] == 0
+    graphed = generate(cuda_model, prompts, cuda_graphs=True, eos_id=-1, **kw)
+    assert graph_log["capture"] >= 1 and graph_log["replay"] >= 1
+    assert _fields(graphed) == _fields(eager)
+    # Row 0 stops early on its own eos while the others keep running (idle rows replay).
+    eos = eager.results[0].tokens[1]
+    eager_eos = generate(cuda_model, prompts, cuda_graphs=False, eos_id=eos, **kw)
+    graphed_eos = generate(cuda_model, prompts, cuda_graphs=True, eos_id=eos, **kw)
+    assert eager_eos.results[0].tokens[-1] == eos
+    assert _fields(graphed_eos) == _fields(eager_eos)
+
+
+@needs_cuda
+@pytest.mark.filterwarnings("error::RuntimeWarning")   # no silent fall-back to eager
+def test_graphs_on_by_default_on_cuda(cuda_model, prompts, graph_log):
+    kw = dict(max_new_tokens=N, block_length=L, eos_id=-1)
+    a = generate(cuda_model, prompts, mode="linear-spec", **kw)
+    assert graph_log["capture"] == 1 and graph_log["replay"] >= 1
+    generate(cuda_model, prompts, mode="diffusion", **kw)   # diffusion stays eager
+    assert graph_log["capture"] == 1
+    b = generate(cuda_model, prompts, mode="linear-spec", cuda_graphs=False, **kw)
+    assert _fields(a) == _fields(b)
