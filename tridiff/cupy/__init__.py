@@ -35,10 +35,15 @@ def _cupy():
 
 
 def csrc_dir():
-    """The kernel sources: $TRIDIFF_CSRC, else csrc/ next to the package (source/editable install)."""
+    """The kernel headers: $TRIDIFF_CSRC, else tridiff/_csrc (installed wheel), else csrc/
+    next to the package (source checkout / editable install); None if none has them."""
     env = os.environ.get("TRIDIFF_CSRC")
-    path = Path(env) if env else Path(__file__).resolve().parents[2] / "csrc"
-    return path if (path / "kv" / "kv_write.cuh").exists() else None
+    package = Path(__file__).resolve().parents[1]
+    candidates = [Path(env)] if env else [package / "_csrc", package.parent / "csrc"]
+    for path in candidates:
+        if (path / "kv" / "kv_write.cuh").exists():
+            return path
+    return None
 
 
 def status() -> dict:
@@ -53,13 +58,19 @@ def status() -> dict:
         return {"version": cupy.__version__, "available": False, "error": "cupy sees no usable CUDA device"}
     if csrc_dir() is None:
         return {"version": cupy.__version__, "available": False,
-                "error": "kernel sources (csrc/) not found: use a source/editable install or set TRIDIFF_CSRC"}
+                "error": "kernel headers not found (neither tridiff/_csrc nor a source checkout's csrc/): "
+                         "reinstall tridiff or set TRIDIFF_CSRC"}
     return {"version": cupy.__version__, "available": True, "error": None}
 
 
 def unavailable():
     """None if the cupy path can run here, else why not."""
     return status()["error"]
+
+
+def nvrtc_options() -> tuple:
+    """NVRTC options for SOURCE (tests compile with exactly these on CPU)."""
+    return ("-std=c++17", f"-I{csrc_dir()}")
 
 
 def _mod():
@@ -72,7 +83,7 @@ def _mod():
 
         from tridiff.cupy._source import SOURCE, name_expressions
 
-        _module = cupy.RawModule(code=SOURCE, options=("-std=c++17", f"-I{csrc_dir()}"),
+        _module = cupy.RawModule(code=SOURCE, options=nvrtc_options(),
                                  name_expressions=name_expressions())
     return _module
 
