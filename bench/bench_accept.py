@@ -10,12 +10,11 @@ host round trip (`.tolist()`), as the engines' Python loops do.
 """
 from __future__ import annotations
 
-import contextlib
 import sys
 
 import torch
 
-from bench.common import (Recorder, arg_parser, no_value_checks, pick_device, time_fn, tridiff_backends)
+from bench.common import Recorder, backends_per_op, bench_main, checks_off_on_cuda, start_run, time_fn
 
 N_DRAFT = 31          # block 32 = seed + 31 drafts
 ACCEPT_AT = 6         # drafts agree with the target's argmax up to here (acceptance ~ 6.8)
@@ -208,17 +207,10 @@ def _base(op, name, rb, nbytes, fn):
 
 def run(quick: bool = False, out_dir=None, device=None, backends=None, budget_s=None, overrides=None,
         print_table: bool = True) -> list:
-    device = pick_device(device)
-    p = plan(device, quick)
-    p.update(overrides or {})
-    rec = Recorder("accept", device, out_dir, quick=quick, budget_s=budget_s)
-    avail = {}
-    for op in ("accept_linear", "accept_rejection", "accept_quadratic", "sample", "diffusion_confidence",
-               "diffusion_unmask"):
-        avail[op], why = tridiff_backends(op, device, backends)
-        for name, reason in why.items():
-            rec.skip(op, name, {}, reason)
-    with no_value_checks() if device.type == "cuda" else contextlib.nullcontext():
+    device, p, rec = start_run("accept", plan, quick, device, out_dir, budget_s, overrides)
+    avail = backends_per_op(rec, ("accept_linear", "accept_rejection", "accept_quadratic", "sample",
+                                  "diffusion_confidence", "diffusion_unmask"), device, backends)
+    with checks_off_on_cuda(device):
         for B in p["Bs"]:
             if rec.out_of_time():
                 rec.skip("*", "*", dict(B=B), "time budget spent")
@@ -229,11 +221,8 @@ def run(quick: bool = False, out_dir=None, device=None, backends=None, budget_s=
     return rec.finish(print_table=print_table)
 
 
-
 def main(argv=None) -> int:
-    args = arg_parser(__doc__.splitlines()[0]).parse_args(argv)
-    run(quick=args.quick, out_dir=args.out, device=args.device, backends=args.backends, budget_s=args.budget_s)
-    return 0
+    return bench_main(run, __doc__, argv)
 
 
 if __name__ == "__main__":

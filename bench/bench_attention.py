@@ -18,8 +18,8 @@ import torch
 
 from bench import attention_baselines as bl
 from bench.attention_shapes import CPU_DIMS, GPU_DIMS, Case, Dims, attention_bytes, attention_flops, make_case
-from bench.common import (Recorder, Rotator, arg_parser, no_value_checks, pick_device, shape_str, sync, time_fn,
-                          time_graph, tridiff_backends)
+from bench.common import (Recorder, Rotator, backends_per_op, bench_main, checks_off_on_cuda, shape_str, start_run,
+                          sync, time_fn, time_graph)
 
 GRAPH_BELOW_MS = 0.1  # event-timed calls faster than this are launch-bound: also time a CUDA graph
 
@@ -184,15 +184,10 @@ def bench_prefill(rec: Recorder, p: dict, T: int, backends: list, device):
 
 def run(quick: bool = False, out_dir=None, device=None, backends=None, budget_s=None, overrides=None,
         print_table: bool = True) -> list:
-    device = pick_device(device)
-    p = plan(device, quick)
-    p.update(overrides or {})
-    ok, why = tridiff_backends("attention", device, backends)
-    rec = Recorder("attention", device, out_dir, quick=quick, budget_s=budget_s)
-    for name, reason in why.items():
-        rec.skip("attention", name, {}, reason)
+    device, p, rec = start_run("attention", plan, quick, device, out_dir, budget_s, overrides)
+    ok = backends_per_op(rec, ("attention",), device, backends)["attention"]
     flex_budget = [45.0 if quick else 600.0]  # seconds of FlexAttention compiles (one per shape)
-    with no_value_checks() if device.type == "cuda" else _nullcontext():
+    with checks_off_on_cuda(device):
         for P in p["Ps"]:
             for B in p["Bs"]:
                 for label in p["cases"]:
@@ -208,18 +203,8 @@ def run(quick: bool = False, out_dir=None, device=None, backends=None, budget_s=
     return rec.finish(print_table=print_table)
 
 
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
 def main(argv=None) -> int:
-    args = arg_parser(__doc__.splitlines()[0]).parse_args(argv)
-    run(quick=args.quick, out_dir=args.out, device=args.device, backends=args.backends, budget_s=args.budget_s)
-    return 0
+    return bench_main(run, __doc__, argv)
 
 
 if __name__ == "__main__":

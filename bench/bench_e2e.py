@@ -12,14 +12,13 @@ Targets (checked on the GPU only; on CPU the table says n/a):
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 import time
 
 import torch
 
-from bench.common import Recorder, SyncCounter, Timing, arg_parser, no_value_checks, pick_device, time_fn, time_graph
+from bench.common import SyncCounter, Timing, bench_main, checks_off_on_cuda, start_run, time_fn, time_graph
 from bench.e2e_oracle import oracle_linear
 from bench.e2e_steps import Steps, build_model, kv_bytes, weight_bytes
 
@@ -196,13 +195,10 @@ def print_targets(rows: list) -> str:
 
 def run(quick: bool = False, out_dir=None, device=None, backends=None, budget_s=None, overrides=None,
         print_table: bool = True, preset: str = None) -> list:
-    device = pick_device(device)
-    p = plan(device, quick, preset)
-    p.update(overrides or {})
+    device, p, rec = start_run("e2e", plan, quick, device, out_dir, budget_s, overrides, preset=preset)
     backend = backends or "auto"
-    rec = Recorder("e2e", device, out_dir, quick=quick, budget_s=budget_s)
     model = build_model(p["preset"], device, p["dtype"], p["adapter_rank"])
-    with no_value_checks() if device.type == "cuda" else contextlib.nullcontext():
+    with checks_off_on_cuda(device):
         steps = bench_steps(rec, p, model, device, backend)
         gen = bench_generate(rec, p, model, device, backend)
     recs = rec.finish(print_table=print_table)
@@ -215,14 +211,8 @@ def run(quick: bool = False, out_dir=None, device=None, backends=None, budget_s=
     return recs
 
 
-
 def main(argv=None) -> int:
-    ap = arg_parser(__doc__.splitlines()[0])
-    ap.add_argument("--preset", default=None, help="tiny | 3b | 8b | 14b (default 8b on GPU, tiny on CPU)")
-    args = ap.parse_args(argv)
-    run(quick=args.quick, out_dir=args.out, device=args.device, backends=args.backends, budget_s=args.budget_s,
-        preset=args.preset)
-    return 0
+    return bench_main(run, __doc__, argv, preset="tiny | 3b | 8b | 14b (default 8b on GPU, tiny on CPU)")
 
 
 if __name__ == "__main__":

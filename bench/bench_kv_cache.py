@@ -11,13 +11,11 @@ Bytes (minimum through device memory):
 """
 from __future__ import annotations
 
-import contextlib
 import sys
 
 import torch
 
-from bench.common import (Recorder, arg_parser, no_value_checks, pick_device, time_fn, time_graph,
-                          tridiff_backends)
+from bench.common import backends_per_op, bench_main, checks_off_on_cuda, start_run, time_fn, time_graph
 
 GRAPH_BELOW_MS = 0.1
 
@@ -47,10 +45,21 @@ def _timed(rec, device, fn, rep_ms):
     return t, tg
 
 
-def _add(rec, op, name, shape, dtype, t, tg, role, nbytes):
-    rec.add(op, name, shape, dtype, t, role=role, bytes=nbytes)
+def _add(rec, op, name, shape, dtype, t, tg, role, nbytes, group=""):
+    rec.add(op, name, shape, dtype, t, role=role, bytes=nbytes, group=group)
     if tg is not None:
-        rec.add(op, name + "[graph]", shape, dtype, tg, role=role, bytes=nbytes)
+        rec.add(op, name + "[graph]", shape, dtype, tg, role=role, bytes=nbytes, group=group)
+
+
+def _each(rec, p, device, op, backends, shape, dtype, nbytes, make_fn, group=""):
+    """Time make_fn(name)() for every tridiff backend; a failure becomes a skip with its reason."""
+    for name in backends:
+        try:
+            t, tg = _timed(rec, device, make_fn(name), p["rep_ms"])
+        except Exception as exc:  # noqa: BLE001
+            rec.skip(op, name, shape, f"{type(exc).__name__}: {str(exc)[:160]}")
+            continue
+        _add(rec, op, name, shape, dtype, t, tg, "tridiff", nbytes, group)
 
 
 def bench_append(rec, p, device, backends, B, n, P):
@@ -66,16 +75,14 @@ def bench_append(rec, p, device, backends, B, n, P):
     lens = P0.clone()
     nbytes = 2 * 2 * B * n * Hkv * D * kc.element_size()
     shape = dict(B=B, n=n, P=P, Hkv=Hkv, D=D)
-    for name in backends:
-        def fn():  # append, then reset the length so every rep writes the same slots
+
+    def append(name):  # append, then reset the length so every rep writes the same slots
+        def fn():
             ops.kv_append_(kc, vc, k, v, lens, backend=name)
             lens.copy_(P0)
-        try:
-            t, tg = _timed(rec, device, fn, p["rep_ms"])
-        except Exception as exc:  # noqa: BLE001
-            rec.skip("kv_append_", name, shape, f"{type(exc).__name__}: {str(exc)[:160]}")
-            continue
-        _add(rec, "kv_append_", name, shape, dtype, t, tg, "tridiff", nbytes)
+        return fn
+
+    _each(rec, p, device, "kv_append_", backends, shape, dtype, nbytes, append)
 
     kflat, vflat = kc.view(B * Tmax, Hkv, D), vc.view(B * Tmax, Hkv, D)
     ar = torch.arange(n, device=device)
@@ -104,13 +111,8 @@ def bench_compact(rec, p, device, backends, B, L, P):
     src = ops.quadratic_verify_slots(L, B, device=device)
     nbytes = 2 * 2 * layers * B * L * Hkv * D * kc.element_size()
     shape = dict(layers=layers, B=B, L=L, n=L, P=P, Hkv=Hkv, D=D)
-    for name in backends:
-        try:
-            t, tg = _timed(rec, device, lambda: ops.kv_compact_(kc, vc, lens, src, backend=name), p["rep_ms"])
-        except Exception as exc:  # noqa: BLE001
-            rec.skip("kv_compact_", name, shape, f"{type(exc).__name__}: {str(exc)[:160]}")
-            continue
-        _add(rec, "kv_compact_", name, shape, dtype, t, tg, "tridiff", nbytes)
+    _each(rec, p, device, "kv_compact_", backends, shape, dtype, nbytes,
+          lambda name: lambda: ops.kv_compact_(kc, vc, lens, src, backend=name))
 
     rows = torch.arange(B, device=device)[:, None].expand(B, L)
     i = torch.arange(L, device=device)[None, :]
@@ -135,18 +137,14 @@ def bench_rollback(rec, p, device, backends, P):
     full = lens.clone()
     shape = dict(B=B, P=P, rejected=25, Hkv=Hkv, D=D)
     group = f"rollback P={P}"
-    for name in backends:
-        def fn():  # roll back 25 rejected drafts, then restore (both metadata only)
+
+    def rollback(name):  # roll back 25 rejected drafts, then restore (both metadata only)
+        def fn():
             ops.kv_rollback_(lens, back, backend=name)
             lens.copy_(full)
-        try:
-            t, tg = _timed(rec, device, fn, p["rep_ms"])
-        except Exception as exc:  # noqa: BLE001
-            rec.skip("kv_rollback_", name, shape, f"{type(exc).__name__}: {str(exc)[:160]}")
-            continue
-        rec.add("kv_rollback_", name, shape, dtype, t, bytes=2 * B * 4, group=group)
-        if tg is not None:
-            rec.add("kv_rollback_", name + "[graph]", shape, dtype, tg, bytes=2 * B * 4, group=group)
+        return fn
+
+    _each(rec, p, device, "kv_rollback_", backends, shape, dtype, 2 * B * 4, rollback, group=group)
     # DynamicCache.crop-style baseline: a cache that is a tensor of exactly the kept length
     # must copy what it keeps -- cost grows with P.
     keep = P + 7
@@ -161,17 +159,9 @@ def bench_rollback(rec, p, device, backends, P):
 
 def run(quick: bool = False, out_dir=None, device=None, backends=None, budget_s=None, overrides=None,
         print_table: bool = True) -> list:
-    device = pick_device(device)
-    p = plan(device, quick)
-    p.update(overrides or {})
-    rec = Recorder("kv_cache", device, out_dir, quick=quick, budget_s=budget_s)
-    ok = {}
-    for op in ("kv_append_", "kv_compact_", "kv_rollback_"):
-        ok[op], why = tridiff_backends(op, device, backends)
-        for name, reason in why.items():
-            rec.skip(op, name, {}, reason)
-    ctx = no_value_checks() if device.type == "cuda" else contextlib.nullcontext()
-    with ctx:
+    device, p, rec = start_run("kv_cache", plan, quick, device, out_dir, budget_s, overrides)
+    ok = backends_per_op(rec, ("kv_append_", "kv_compact_", "kv_rollback_"), device, backends)
+    with checks_off_on_cuda(device):
         for B, n, P in p["append"]:
             if not rec.out_of_time():
                 bench_append(rec, p, device, ok["kv_append_"], B, n, P)
@@ -186,11 +176,8 @@ def run(quick: bool = False, out_dir=None, device=None, backends=None, budget_s=
     return rec.finish(print_table=print_table)
 
 
-
 def main(argv=None) -> int:
-    args = arg_parser(__doc__.splitlines()[0]).parse_args(argv)
-    run(quick=args.quick, out_dir=args.out, device=args.device, backends=args.backends, budget_s=args.budget_s)
-    return 0
+    return bench_main(run, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -5,14 +5,16 @@
   ceilings bench.machine : measure_peaks (copy GB/s, matmul TFLOP/s, same process),
                            environment (device, versions, git revision, timestamp)
   rows     bench.record  : Recorder -> <out>/<name>.jsonl, baselines compared, table
-and here: the CLI flags every module shares, the tridiff backends available for an op,
-and switching tridiff's host-side value checks off while timing.
+and here what every bench module's run()/main() repeats: the shared CLI flags and the
+`main` that hands them to run() (bench_main), the device + plan + Recorder a run starts
+with (start_run), the tridiff backends available for an op (backends_per_op records why
+the others are skipped), and tridiff's host-side value checks switched off while timing.
 """
 from __future__ import annotations
 
 import argparse
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Optional
 
 import torch
@@ -38,6 +40,11 @@ def no_value_checks():
             os.environ["TRIDIFF_CHECK_VALUES"] = old
 
 
+def checks_off_on_cuda(device: torch.device):
+    """no_value_checks() on CUDA; on CPU the checks stay on (they cost no device sync there)."""
+    return no_value_checks() if device.type == "cuda" else nullcontext()
+
+
 def arg_parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="few small shapes (CPU: tiny)")
@@ -46,6 +53,38 @@ def arg_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--budget-s", type=float, default=None, help="stop starting new shapes after this")
     p.add_argument("--backends", default=None, help="comma list of tridiff backends (default: all available)")
     return p
+
+
+def bench_main(run, doc: str, argv=None, **extra_flags: str) -> int:
+    """A bench module's whole `main`: the shared flags, plus `--NAME` (default None, the
+    value as its help) for each extra flag, parsed and handed to run(); exit status 0."""
+    ap = arg_parser(doc.splitlines()[0])
+    for flag, help_text in extra_flags.items():
+        ap.add_argument(f"--{flag}", default=None, help=help_text)
+    args = ap.parse_args(argv)
+    run(quick=args.quick, out_dir=args.out, device=args.device, backends=args.backends, budget_s=args.budget_s,
+        **{flag: getattr(args, flag) for flag in extra_flags})
+    return 0
+
+
+def start_run(name: str, plan, quick: bool, device, out_dir, budget_s, overrides, **plan_kw):
+    """How every run() begins: the device, the shape plan for it (test overrides applied)
+    and the Recorder writing <out_dir>/<name>.jsonl. Returns (device, plan, recorder)."""
+    device = pick_device(device)
+    p = plan(device, quick, **plan_kw)
+    p.update(overrides or {})
+    return device, p, Recorder(name, device, out_dir, quick=quick, budget_s=budget_s)
+
+
+def backends_per_op(rec: Recorder, ops, device: torch.device, requested: Optional[str] = None) -> dict:
+    """{op: tridiff backends that can serve it here}; each one left out is recorded as a
+    shape-less skip with its reason."""
+    ok = {}
+    for op in ops:
+        ok[op], why = tridiff_backends(op, device, requested)
+        for name, reason in why.items():
+            rec.skip(op, name, {}, reason)
+    return ok
 
 
 def tridiff_backends(op: str, device: torch.device, requested: Optional[str] = None) -> tuple[list, dict]:

@@ -1,5 +1,6 @@
-"""Test helpers for tridiff.generate: plain, cache-free transcriptions of SPEC section 3
-and a model wrapper that edits logits (to force acceptance, eos or the mask id).
+"""Test helpers for tridiff.generate: plain, cache-free transcriptions of SPEC section 3,
+a model wrapper that edits logits (to force acceptance, eos or the mask id), and the eos
+check the self-speculative modes share.
 
 The transcriptions recompute the whole sequence on a fresh cache for every forward
 (kv="none"), with the dense per-row mask the SPEC describes: CAUSAL for the AR reading,
@@ -145,3 +146,16 @@ def diffusion_reference(model, prompt, max_new, L, *, threshold, eos, mask):
     if eos in out:
         out = out[:out.index(eos) + 1]
     return out, nfe
+
+
+def check_eos_truncates(model, prompt, *, mode, n, eos_at, L):
+    """Drafts follow the greedy continuation (oracle_edit) and eos is the token it emits
+    at index eos_at: `mode` must stop right after that token's first occurrence."""
+    from tridiff.generate import generate
+
+    ar = greedy_ar(model, prompt, n)
+    eos = ar[eos_at]
+    first = ar.index(eos)  # the chosen id may already occur earlier
+    pm = Patched(model, oracle_edit([prompt + ar], V=model.config.vocab_size))
+    r = generate(pm, [prompt], mode=mode, max_new_tokens=n, block_length=L, eos_id=eos).results[0]
+    assert r.tokens == ar[:first + 1]

@@ -1,7 +1,7 @@
 """Linear self-speculation at temperature 0: lossless (= AR greedy), NFE per SPEC,
 multi-token acceptance with rollback, the threshold draft and its no-hang rule, eos."""
 import pytest
-from gen_support import Patched, greedy_ar, oracle_edit, peak
+from gen_support import Patched, check_eos_truncates, greedy_ar, oracle_edit, peak
 
 from tridiff import Mode
 from tridiff.generate import generate
@@ -72,10 +72,4 @@ def test_linear_threshold_draft_no_hang(model, prompts):
 
 
 def test_linear_eos_truncates(model, prompts):
-    p = prompts[1]
-    ar = greedy_ar(model, p, 12)
-    eos = ar[6]
-    first = ar.index(eos)
-    pm = Patched(model, oracle_edit([p + ar], V=model.config.vocab_size))
-    r = generate(pm, [p], mode="linear-spec", max_new_tokens=12, block_length=L, eos_id=eos).results[0]
-    assert r.tokens == ar[:first + 1]
+    check_eos_truncates(model, prompts[1], mode="linear-spec", n=12, eos_at=6, L=L)

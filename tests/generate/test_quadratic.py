@@ -1,7 +1,7 @@
 """Quadratic self-speculation at temperature 0: lossless, exactly max_new_tokens tokens,
 one forward per iteration, multi-token acceptance with KV compaction, eos."""
 import pytest
-from gen_support import Patched, greedy_ar, oracle_edit
+from gen_support import Patched, check_eos_truncates, greedy_ar, oracle_edit
 
 from tridiff import Mode
 from tridiff._checks import TridiffInputError
@@ -44,13 +44,7 @@ def test_quadratic_multi_token_acceptance_is_lossless(model, prompts):
 
 
 def test_quadratic_eos_truncates(model, prompts):
-    p = prompts[0]
-    ar = greedy_ar(model, p, 8)
-    eos = ar[5]
-    first = ar.index(eos)
-    pm = Patched(model, oracle_edit([p + ar], V=model.config.vocab_size))
-    r = generate(pm, [p], mode="quadratic-spec", max_new_tokens=8, block_length=L, eos_id=eos).results[0]
-    assert r.tokens == ar[:first + 1]
+    check_eos_truncates(model, prompts[0], mode="quadratic-spec", n=8, eos_at=5, L=L)
 
 
 def test_quadratic_refuses_bad_arguments(model, prompts):

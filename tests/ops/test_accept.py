@@ -4,34 +4,13 @@ bad input, torch.library registration."""
 import pytest
 import torch
 
-from tests.conftest import require_backend
 from tests.ops.stats import chi2_test, power_against
+from tests.ops.support import DEVICE, I32, I64, assert_names_argument, need, opcheck
 from tridiff import ops
-from tridiff._checks import TridiffInputError
 from tridiff.reference.philox import ACCEPT, RESIDUAL, SAMPLE, gumbel, uniform
 
-BACKENDS = ["torch", "cpp"] + (["triton", "cuda"] if torch.cuda.is_available() else [])
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-I64 = dict(dtype=torch.int64, device=DEVICE)
-I32 = dict(dtype=torch.int32, device=DEVICE)
 FIELDS = ("n_accepted", "tokens", "n_emitted", "next_token", "new_cache_lens", "hit_eos")
 QFIELDS = ("n_accepted", "tokens", "n_emitted", "next_draft", "new_cache_lens", "hit_eos")
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request):
-    return request.param
-
-
-def need(backend, op, *args):
-    """Skip with the dispatcher's own reason when `backend` cannot serve op(*args)."""
-    require_backend(backend, op, args)
-
-
-
-
-
-
 
 
 def peaked_logits(argmax_ids, V, gen, dtype=torch.float32):
@@ -445,9 +424,7 @@ def _bad_calls():
 
 @pytest.mark.parametrize("i", range(len(_bad_calls())))
 def test_bad_input_names_the_argument(i):
-    arg, call = _bad_calls()[i]
-    with pytest.raises(TridiffInputError, match=rf"^{arg}: expected"):
-        call()
+    assert_names_argument(*_bad_calls()[i])
 
 
 # ---- torch.library registration ----------------------------------------------------------------------
@@ -471,9 +448,7 @@ def _opcheck_cases():
 
 @pytest.mark.parametrize("case", range(len(_opcheck_cases())))
 def test_opcheck(backend, case):
-    op, args = _opcheck_cases()[case]
-    need(backend, op, *args)
-    torch.library.opcheck(getattr(torch.ops.tridiff, op).default, args + (backend,))
+    opcheck(backend, *_opcheck_cases()[case])
 
 
 # ---- torch.compile -----------------------------------------------------------------------------------

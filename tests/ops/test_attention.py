@@ -7,11 +7,11 @@ from tridiff._checks import TridiffInputError
 from tridiff.reference.attention import visibility
 from tests.conftest import backends_serving, require_backend
 from tests.ops.spec_attention import dense_attention, visible
+from tests.ops.support import DEVICE
 
 # On CPU only the reference runs here (Triton's interpreter has its own tiny-shape
 # tests in tests/triton); on a GPU every backend takes this whole grid.
 BACKENDS = backends_serving("attention")
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def make_inputs(B, Tq, Hq, Hkv, D, Tmax, dtype, seed=0, device=DEVICE):

@@ -6,11 +6,7 @@ from hypothesis import strategies as st
 
 from tridiff import _dispatch, ops
 from tridiff._checks import TridiffInputError
-from tests.conftest import require_backend
-
-BACKENDS = ["torch", "cpp"] + (["triton", "cuda"] if torch.cuda.is_available() else [])
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-I32 = dict(dtype=torch.int32, device=DEVICE)
+from tests.ops.support import BACKENDS, DEVICE, I32, need
 
 
 def ids_tensor(*shape, start=0):
@@ -19,10 +15,6 @@ def ids_tensor(*shape, start=0):
     for s in shape:
         n *= s
     return (torch.arange(n, dtype=torch.float32) + start).view(*shape).to(DEVICE)
-
-
-def need(backend, op, *args):
-    require_backend(backend, op, args)
 
 
 # ---- write / append ---------------------------------------------------------------------------

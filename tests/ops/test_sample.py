@@ -5,36 +5,16 @@ torch.library registration."""
 import pytest
 import torch
 
-from tests.conftest import require_backend
 from tests.ops.stats import chi2_test, power_against
+from tests.ops.support import DEVICE, I64, assert_names_argument, need, opcheck
 from tridiff import ops
-from tridiff._checks import TridiffInputError
 from tridiff.reference.philox import DIFFUSION, SAMPLE, gumbel, uniform
 
-BACKENDS = ["torch", "cpp"] + (["triton", "cuda"] if torch.cuda.is_available() else [])
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-I64 = dict(dtype=torch.int64, device=DEVICE)
 LOW_PRECISION = [torch.float32, torch.float16, torch.bfloat16]
 
 
 def dtype_id(dtype):
     return str(dtype).replace("torch.", "")  # keeps "torch" out of ids: -k torch selects a backend
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request):
-    return request.param
-
-
-def need(backend, op, *args):
-    """Skip with the dispatcher's own reason when `backend` cannot serve op(*args)."""
-    require_backend(backend, op, args)
-
-
-
-
-
-
 
 
 def seeds(B, start=1):
@@ -363,9 +343,7 @@ def _bad_calls():
 
 @pytest.mark.parametrize("i", range(len(_bad_calls())))
 def test_bad_input_names_the_argument(i):
-    arg, call = _bad_calls()[i]
-    with pytest.raises(TridiffInputError, match=rf"^{arg}: expected"):
-        call()
+    assert_names_argument(*_bad_calls()[i])
 
 
 # ---- torch.library registration ----------------------------------------------------------------------
@@ -390,6 +368,4 @@ def _opcheck_cases():
 
 @pytest.mark.parametrize("case", range(len(_opcheck_cases())))
 def test_opcheck(backend, case):
-    op, args = _opcheck_cases()[case]
-    need(backend, op, *args)
-    torch.library.opcheck(getattr(torch.ops.tridiff, op).default, args + (backend,))
+    opcheck(backend, *_opcheck_cases()[case])
