@@ -172,10 +172,13 @@ def attention_kernel(
     sees_all = (mode == BIDIR_BLOCK) | ((mode == CAUSAL_THEN_BIDIR) & (q_last >= n - arg))
     a_lo = q0 // sub
     a_hi = q_last // sub
+    # A d-slot row sees d slots only: when the tile ends on one, its sub-block's own keys
+    # are needed by no row of the tile.
+    a_own = a_hi - (q_last % sub == 0).to(tl.int32)
     # non-QUADRATIC: keys [0, hi). QUADRATIC: phase one gathers the d slots a' <= a_hi
-    # (stride L+1), phase two the tile's own sub-blocks minus their d slots.
+    # (stride L+1), phase two the tile's own sub-blocks a_lo..a_own minus their d slots.
     count1 = tl.where(is_quad, a_hi + 1, tl.where(sees_all, n, q_last + 1))
-    count2 = tl.where(is_quad, (a_hi - a_lo + 1) * sub, 0)
+    count2 = tl.where(is_quad, tl.maximum(a_own - a_lo + 1, 0) * sub, 0)
     last = split == NUM_SPLITS - 1
     count1 = tl.where(tile_live & last, count1, 0)
     count2 = tl.where(tile_live & last, count2, 0)

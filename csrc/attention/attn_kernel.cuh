@@ -95,7 +95,7 @@ struct WarpRows {
 // One key block: S = Q K^T (mma), mask, online-softmax step, O += P V (mma).
 template <typename T, int D, bool NEW_KEYS>
 __device__ __forceinline__ void attn_key_block(const uint32_t (&qf)[D / 16][4], const uint16_t* sK, const uint16_t* sV,
-                                               WarpRows<D>& st, const TileMeta& tm, int64_t start, int64_t nk,
+                                               WarpRows<D>& st, const TileMeta& tm, const KeyBlock& kb,
                                                float scale_log2) {
   constexpr int kLd = AttnSmem<D>::kLd;
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
@@ -115,8 +115,8 @@ __device__ __forceinline__ void attn_key_block(const uint32_t (&qf)[D / 16][4], 
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int h = e >> 1, key = nt * 8 + 2 * t + (e & 1);
-      bool vis = st.row[h].live && key < nk;
-      if (NEW_KEYS) vis = vis && new_key_visible(tm.mode, tm.arg, tm.n, st.row[h].qpos, start + key);
+      bool vis = st.row[h].live && key < kb.nk;
+      if (NEW_KEYS) vis = vis && block_key_visible(tm, kb, st.row[h].qpos, block_key(kb, key));
       s[nt][e] = vis ? s[nt][e] * scale_log2 : -INFINITY;
       bmax[h] = fmaxf(bmax[h], s[nt][e]);
     }
@@ -231,7 +231,7 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnArgs a) {
     for (int u = threadIdx.x; u < kAttnBlockN * kUnits; u += kAttnThreads) {
       const int j = u / kUnits, c = u % kUnits;
       const bool ok = j < kb.nk;
-      const int64_t key = kb.start + (ok ? j : 0);  // rows past nk: zero-filled from a valid address
+      const int64_t key = block_key(kb, ok ? j : 0);  // rows past nk: zero-filled from a valid address
       const uint16_t *kr, *vr;
       if (kb.is_new) {
         kr = K + b * a.k_sb + key * a.k_st + kvh * a.k_sh;
@@ -254,8 +254,8 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnArgs a) {
     __syncthreads();               // ... and everyone's
     const KeyBlock kb = tile_key_block(tm, i);
     const uint16_t* cK = sK + (i & 1) * 2 * kAttnBlockN * kLd;
-    if (kb.is_new) attn_key_block<T, D, true>(qf, cK, cK + kAttnBlockN * kLd, st, tm, kb.start, kb.nk, scale);
-    else attn_key_block<T, D, false>(qf, cK, cK + kAttnBlockN * kLd, st, tm, kb.start, kb.nk, scale);
+    if (kb.is_new) attn_key_block<T, D, true>(qf, cK, cK + kAttnBlockN * kLd, st, tm, kb, scale);
+    else attn_key_block<T, D, false>(qf, cK, cK + kAttnBlockN * kLd, st, tm, kb, scale);
     __syncthreads();               // stage i & 1 is free for block i + 2
   }
 

@@ -8,8 +8,11 @@
 // share the KV head (GQA), so each K/V key block is read once for all of them; times
 // one split of the committed cache. Keys are walked in kBlockN blocks in two phases:
 //   1. committed slots [0, P): the split's chunk of them (every live row sees all);
-//   2. new tokens [0, n_hi) from k/v, last split only, n_hi the furthest key any row
-//      of the tile may see; the per-element predicate masks the rest.
+//   2. new tokens from k/v, last split only, over the keys the tile's rows can see:
+//      [0, q_last] (CAUSAL), all (BIDIR_BLOCK, CAUSAL_THEN_BIDIR's last K rows), and
+//      for QUADRATIC(L) only the d slots up to the tile's last sub-block (stride L+1)
+//      plus the tile's own sub-blocks without their d slots, so a QUADRATIC tile never
+//      walks the hidden sub-blocks between; the per-element predicate masks the rest.
 // Softmax is online in base 2 (scores pre-scaled by softmax_scale * log2 e). One split
 // writes the output; several write normalised partials + log2-sum-exp to a workspace
 // that merge_element combines.
@@ -85,7 +88,9 @@ struct TileMeta {
   int64_t P, n, arg;
   int mode;
   int64_t c_lo, c_hi;  // committed slots of this split
-  int64_t n_hi;        // new keys [0, n_hi) this tile walks (0 unless last split)
+  // New keys this tile walks (none unless last split): n1 keys 0, step1, 2 step1, ...,
+  // then n2 keys lo2, lo2 + 1, ... minus their d slots (QUADRATIC's own sub-blocks).
+  int64_t n1, step1, lo2, n2;
 };
 
 // The split partition of [0, P): chunks of whole key blocks, ceil(P / S) rounded up.
@@ -103,16 +108,23 @@ TD_HD TileMeta tile_meta(const AttnArgs& a, int64_t b, int64_t q0, int64_t split
   const int64_t chunk = split_chunk(m.P, a.num_splits);
   m.c_lo = split * chunk;
   m.c_hi = live ? max64(m.c_lo, min64(m.P, m.c_lo + chunk)) : m.c_lo;
-  m.n_hi = 0;
+  m.n1 = m.n2 = m.lo2 = 0;
+  m.step1 = 1;
   if (live && split == a.num_splits - 1) {
     const int64_t q_last = min64(q0 + attn_block_q(a), m.n) - 1;
     if (m.mode == kBidirBlock || (m.mode == kCausalThenBidir && q_last >= m.n - m.arg)) {
-      m.n_hi = m.n;
+      m.n1 = m.n;
     } else if (m.mode == kQuadratic) {
-      const int64_t sub = m.arg + 1;  // sub-block a = [d_a, MASK x L]: rows see sub-blocks <= their own
-      m.n_hi = min64(m.n, (q_last / sub + 1) * sub);
+      // sub-block a = [d_a, MASK x L]: a row sees the d slots of sub-blocks <= its own and,
+      // unless it is a d slot itself, its own sub-block (a d-slot last row needs no own keys).
+      const int64_t sub = m.arg + 1, a_lo = q0 / sub, a_hi = q_last / sub;
+      const int64_t a_own = a_hi - (q_last % sub == 0 ? 1 : 0);
+      m.n1 = a_hi + 1;
+      m.step1 = sub;
+      m.lo2 = a_lo * sub;
+      m.n2 = a_own >= a_lo ? min64(m.n, (a_own + 1) * sub) - m.lo2 : 0;
     } else {
-      m.n_hi = q_last + 1;  // causal rows: keys up to the tile's last row
+      m.n1 = q_last + 1;  // causal rows: keys up to the tile's last row
     }
   }
   return m;
@@ -122,21 +134,42 @@ TD_HD TileMeta tile_meta(const AttnArgs& a, int64_t b, int64_t q0, int64_t split
 // blocks [0, nb_cache) cover the split's committed slots, the rest the new keys.
 struct KeyBlock {
   bool is_new;    // new tokens (from k/v, masked by the mode) or committed slots
+  bool skip_d;    // drop QUADRATIC d slots (they were walked in the strided range)
   int64_t start;  // first key: a cache position, or a new-token index
+  int64_t step;   // key j of the block is start + j * step
   int64_t nk;     // keys in this block (<= kAttnBlockN)
 };
 
 TD_HD int64_t tile_cache_blocks(const TileMeta& m) { return ceil_div(m.c_hi - m.c_lo, kAttnBlockN); }
-TD_HD int64_t tile_key_blocks(const TileMeta& m) { return tile_cache_blocks(m) + ceil_div(m.n_hi, kAttnBlockN); }
+TD_HD int64_t tile_key_blocks(const TileMeta& m) {
+  return tile_cache_blocks(m) + ceil_div(m.n1, kAttnBlockN) + ceil_div(m.n2, kAttnBlockN);
+}
 
 TD_HD KeyBlock tile_key_block(const TileMeta& m, int64_t i) {
   KeyBlock k;
-  const int64_t nc = tile_cache_blocks(m);
+  const int64_t nc = tile_cache_blocks(m), nb1 = ceil_div(m.n1, kAttnBlockN);
   k.is_new = i >= nc;
-  k.start = k.is_new ? (i - nc) * kAttnBlockN : m.c_lo + i * kAttnBlockN;
-  k.nk = min64(kAttnBlockN, (k.is_new ? m.n_hi : m.c_hi) - k.start);
+  k.skip_d = i >= nc + nb1;
+  if (!k.is_new) {
+    k.start = m.c_lo + i * kAttnBlockN;
+    k.step = 1;
+    k.nk = min64(kAttnBlockN, m.c_hi - k.start);
+  } else if (!k.skip_d) {
+    const int64_t t0 = (i - nc) * kAttnBlockN;
+    k.start = t0 * m.step1;
+    k.step = m.step1;
+    k.nk = min64(kAttnBlockN, m.n1 - t0);
+  } else {
+    const int64_t t0 = (i - nc - nb1) * kAttnBlockN;
+    k.start = m.lo2 + t0;
+    k.step = 1;
+    k.nk = min64(kAttnBlockN, m.n2 - t0);
+  }
   return k;
 }
+
+// Key j of a block (a cache slot or a new-token index).
+TD_HD int64_t block_key(const KeyBlock& k, int64_t j) { return k.start + j * k.step; }
 
 // SPEC section 2 among new tokens: may live new row i see new key jn (both < n)?
 TD_HD bool new_key_visible(int mode, int64_t arg, int64_t n, int64_t i, int64_t jn) {
@@ -151,6 +184,13 @@ TD_HD bool new_key_visible(int mode, int64_t arg, int64_t n, int64_t i, int64_t 
     case kCausalThenBidir: return i >= n - arg || jn <= i;
     default: return jn <= i;
   }
+}
+
+// Does live row i count new key j = block_key(k, .) of block k (the predicate, minus the
+// d slots a strided block already counted)?
+TD_HD bool block_key_visible(const TileMeta& m, const KeyBlock& k, int64_t i, int64_t jn) {
+  if (k.skip_d && jn % (m.arg + 1) == 0) return false;
+  return new_key_visible(m.mode, m.arg, m.n, i, jn);
 }
 
 // One key block of online softmax for one row, given the block's max scaled score

@@ -104,18 +104,19 @@ void run_tile(const AttnArgs& a, int64_t qt, int64_t b, int64_t kvh, int64_t spl
     }
   }
   // The key blocks: committed slots of this split (every live row sees every one), then
-  // new tokens [0, n_hi) under the mode's predicate.
+  // the new tokens the tile can see, under the mode's predicate.
   const int64_t nb = tile_key_blocks(tm);
   for (int64_t i = 0; i < nb; ++i) {
     const KeyBlock kb = tile_key_block(tm, i);
     for (int64_t j = 0; j < kb.nk; ++j) {
       const T* kr;
       const T* vr;
+      const int64_t key = block_key(kb, j);
       if (kb.is_new) {
-        kr = K + b * a.k_sb + (kb.start + j) * a.k_st + kvh * a.k_sh;
-        vr = V + b * a.v_sb + (kb.start + j) * a.v_st + kvh * a.v_sh;
+        kr = K + b * a.k_sb + key * a.k_st + kvh * a.k_sh;
+        vr = V + b * a.v_sb + key * a.v_st + kvh * a.v_sh;
       } else {
-        const int64_t off = slot_offset(a.cache, b, kb.start + j) + slab;
+        const int64_t off = slot_offset(a.cache, b, key) + slab;
         kr = reinterpret_cast<const T*>(a.k_cache + off);
         vr = reinterpret_cast<const T*>(a.v_cache + off);
       }
@@ -126,7 +127,7 @@ void run_tile(const AttnArgs& a, int64_t qt, int64_t b, int64_t kvh, int64_t spl
       for (int j = 0; j < kAttnBlockN; ++j)
         w.vis[r * kAttnBlockN + j] =
             rows[r].live && j < kb.nk &&
-            (!kb.is_new || new_key_visible(tm.mode, tm.arg, tm.n, rows[r].qpos, kb.start + j));
+            (!kb.is_new || block_key_visible(tm, kb, rows[r].qpos, block_key(kb, j)));
     key_block(a, w, rows);
   }
   // Epilogue: the output itself (one split) or the split's partial + log2-sum-exp.

@@ -95,6 +95,21 @@ def test_mixed_modes_vs_reference(backend, dtype, D, splits):
     check_error(run(t, num_splits=splits), t)
 
 
+# QUADRATIC key walks (d slots strided, own sub-blocks without their d slots): tiles that
+# end on a d slot (L=8 with 64-position tiles, L=4 with 16), own ranges over two key
+# blocks (L=10), d slots past one block (L=70: 71 d slots), a committed cache beside.
+QUAD_WALKS = {"L8_gqa1": (8, 0, 1), "L10_gqa1": (10, 3, 1), "L4_gqa4": (4, 9, 4), "L70_gqa2": (70, 0, 2)}
+
+
+@pytest.mark.parametrize("backend", CPP)
+@pytest.mark.parametrize("case", list(QUAD_WALKS))
+def test_quadratic_key_walks(backend, case):
+    L, P, group = QUAD_WALKS[case]
+    t = make([(2, L, P, L * (L + 1))], 2 * group, 2, 16, torch.float64, seed=L)
+    got = run(t, num_splits=1)
+    assert (got - truth(t)).abs().max().item() < 1e-12
+
+
 @pytest.mark.parametrize("backend", CPP)
 @pytest.mark.parametrize("Hq,Hkv", [(4, 4), (6, 2), (64, 1)], ids=["gqa1", "gqa3", "gqa64"])
 def test_group_sizes(backend, Hq, Hkv):
