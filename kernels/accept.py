@@ -12,7 +12,7 @@ import triton.language as tl
 
 from .philox import ACCEPT, RESIDUAL, SAMPLE, gumbel, precise_exp, precise_log, uniform
 from .sample import (NEG_INF, argmax_update, combine_argmax, combine_stats, div_rn, load_row, scan_argmax,
-                     stats_update, temperature)
+                     stats_update, store_pair, temperature, vocab_range)
 
 BIG = tl.constexpr(1 << 30)
 
@@ -70,18 +70,14 @@ def quadratic_rows_kernel(logits, part_val, part_idx, draft, part2_val, part2_id
     """Grid (B*(L-1), S): argmax of slot 2+j of the last accepted sub-block (only those
     L-1 rows of the L*(L+1) are read). Each program re-derives `accepted` from pass 1."""
     r = tl.program_id(0)
-    sp = tl.program_id(1)
-    S = tl.num_programs(1)
+    sp, S, start, end = vocab_range(V, split_len)
     b = (r // (L - 1)).to(tl.int64)
     j = r % (L - 1)
     ar, acc = _quad_accepted(part_val, part_idx, draft, b, L, S1, s_d, BLOCK_L, BLOCK_S)
     slot = (acc - 1) * (L + 1) + 2 + j
-    start = sp * split_len
-    end = tl.minimum(V, start + split_len)
     row = logits + b * s_b + slot.to(tl.int64) * s_t
     best_val, best_idx = scan_argmax(row, start, end, s_v, 0, 0, 0, 0, ACC, ACC, 0, SAMPLE, False, BLOCK_V)
-    tl.store(part2_val + r * S + sp, best_val)
-    tl.store(part2_idx + r * S + sp, best_idx)
+    store_pair(part2_val, part2_idx, r * S + sp, best_val, best_idx)
 
 
 @triton.jit
@@ -108,20 +104,16 @@ def rejection_stats_kernel(target, draft_logits, seed_ptr, offset_ptr, part_m, p
     at temperature T, n <= j < 2n those of draft row j-n, j = 2n the bonus: the SAMPLE-
     stream Gumbel-max of target row n (kept as range partials)."""
     r = tl.program_id(0)
-    sp = tl.program_id(1)
-    S = tl.num_programs(1)
+    sp, S, start, end = vocab_range(V, split_len)
     b = (r // (2 * n + 1)).to(tl.int64)
     j = r % (2 * n + 1)
-    start = sp * split_len
-    end = tl.minimum(V, start + split_len)
     seed = tl.load(seed_ptr + b)
     offset = tl.load(offset_ptr + b)
     if j == 2 * n:
         row = target + b * s_tb + n.to(tl.int64) * s_tt
         best_val, best_idx = scan_argmax(row, start, end, s_tv, temp_bits, seed, n, offset, ACC,
                                          tl.float32, 1, SAMPLE, PRECISE, BLOCK_V)
-        tl.store(bonus_val + b * S + sp, best_val)
-        tl.store(bonus_idx + b * S + sp, best_idx)
+        store_pair(bonus_val, bonus_idx, b * S + sp, best_val, best_idx)
     else:
         if j < n:
             row = target + b * s_tb + j.to(tl.int64) * s_tt
@@ -137,8 +129,7 @@ def rejection_stats_kernel(target, draft_logits, seed_ptr, offset_ptr, part_m, p
             vm = v < end
             x = div_rn(load_row(row, v, vm, s_v, ACC).to(tl.float32), T32)
             m, s = stats_update(m, s, tl.where(vm, x, NEG_INF), PRECISE)
-        tl.store(part_m + r * S + sp, m)
-        tl.store(part_s + r * S + sp, s)
+        store_pair(part_m, part_s, r * S + sp, m, s)
 
 
 @triton.jit
@@ -177,8 +168,7 @@ def rejection_residual_kernel(target, draft_logits, draft, seed_ptr, offset_ptr,
     log(max(0, p_t - p_d)) and, for the all-zero case, of log(p_t), over one range.
     Rows that accepted every draft (c == n) read nothing."""
     b = tl.program_id(0).to(tl.int64)
-    sp = tl.program_id(1)
-    S = tl.num_programs(1)
+    sp, S, start, end = vocab_range(V, split_len)
     seed = tl.load(seed_ptr + b)
     offset = tl.load(offset_ptr + b)
     c, ci, mt, st, md, sd = _rejection_state(target, draft_logits, draft, seed, offset, part_m, part_s,
@@ -186,8 +176,6 @@ def rejection_residual_kernel(target, draft_logits, draft, seed_ptr, offset_ptr,
                                              ACC, PRECISE, BLOCK_N, BLOCK_S)
     if c < n:
         T32 = temperature(temp_bits).to(tl.float32)
-        start = sp * split_len
-        end = tl.minimum(V, start + split_len)
         trow = target + b * s_tb + ci.to(tl.int64) * s_tt
         drow = draft_logits + b * s_db + ci.to(tl.int64) * s_dt
         rv = tl.full([], NEG_INF, tl.float32)
@@ -207,10 +195,8 @@ def rejection_residual_kernel(target, draft_logits, draft, seed_ptr, offset_ptr,
             rv, ri = argmax_update(rv, ri, tl.where(vm, precise_log(res, PRECISE) + g, NEG_INF), v0)
             pv, pi = argmax_update(pv, pi, tl.where(vm, precise_log(p_t, PRECISE) + g, NEG_INF), v0)
             anyr = tl.maximum(anyr, tl.max((vm & (res > 0.0)).to(tl.int32), axis=0))
-        tl.store(res_val + b * S + sp, rv)
-        tl.store(res_idx + b * S + sp, ri)
-        tl.store(pt_val + b * S + sp, pv)
-        tl.store(pt_idx + b * S + sp, pi)
+        store_pair(res_val, res_idx, b * S + sp, rv, ri)
+        store_pair(pt_val, pt_idx, b * S + sp, pv, pi)
         tl.store(res_any + b * S + sp, anyr)
 
 

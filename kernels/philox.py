@@ -19,15 +19,21 @@ DIFFUSION = tl.constexpr(3)
 
 
 @triton.jit
+def _int64(c):
+    """c (a tensor, Python int or constexpr) as an int64 tensor, so .to() and >> apply."""
+    return tl.zeros([], tl.int64) + c
+
+
+@triton.jit
 def philox_word(seed, c0, c1, c2, c3):
     """First output word (uint32) of Philox4x32-10 under key `seed` (int64); broadcasts."""
-    seed = tl.zeros([], tl.int64) + seed
+    seed = _int64(seed)
     k0 = seed.to(tl.uint32)          # truncation keeps the low word
     k1 = (seed >> 32).to(tl.uint32)  # high word (sign bits shifted away)
-    x0 = (tl.zeros([], tl.int64) + c0).to(tl.uint32)  # ints and constexprs too
-    x1 = (tl.zeros([], tl.int64) + c1).to(tl.uint32)  # ints and constexprs too
-    x2 = (tl.zeros([], tl.int64) + c2).to(tl.uint32)  # ints and constexprs too
-    x3 = (tl.zeros([], tl.int64) + c3).to(tl.uint32)  # ints and constexprs too
+    x0 = _int64(c0).to(tl.uint32)
+    x1 = _int64(c1).to(tl.uint32)
+    x2 = _int64(c2).to(tl.uint32)
+    x3 = _int64(c3).to(tl.uint32)
     zero = (x0 ^ x1 ^ x2 ^ x3) ^ (x0 ^ x1 ^ x2 ^ x3)  # zeros of the broadcast shape
     x0, x1, x2, x3 = x0 ^ zero, x1 ^ zero, x2 ^ zero, x3 ^ zero
     m0 = tl.full([], 0xD2511F53, tl.uint32)
@@ -54,18 +60,12 @@ def uniform(seed, v, t, stream, offset):
 
 @triton.jit
 def precise_log(x, PRECISE: tl.constexpr):
-    if PRECISE:
-        return libdevice.log(x)
-    else:
-        return tl.log(x)
+    return libdevice.log(x) if PRECISE else tl.log(x)  # constexpr: only one branch is compiled
 
 
 @triton.jit
 def precise_exp(x, PRECISE: tl.constexpr):
-    if PRECISE:
-        return libdevice.exp(x)
-    else:
-        return tl.exp(x)
+    return libdevice.exp(x) if PRECISE else tl.exp(x)
 
 
 @triton.jit

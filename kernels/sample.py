@@ -75,13 +75,25 @@ def stats_update(m, s, x, PRECISE: tl.constexpr):
 
 
 @triton.jit
-def combine_argmax(part_val, part_idx, rows, rm, S, BLOCK_S: tl.constexpr):
-    """Best id per row from S range partials [rows, S] (lowest range wins ties)."""
+def store_pair(ptr_a, ptr_b, at, a, b):
+    """One range's partials, e.g. (best score, best id) or softmax (max, sum), at index r*S + sp."""
+    tl.store(ptr_a + at, a)
+    tl.store(ptr_b + at, b)
+
+
+@triton.jit
+def load_pair(ptr_a, ptr_b, rows, rm, S, other_a, other_b, BLOCK_S: tl.constexpr):
+    """(mask, a, b [rows, BLOCK_S]): the S range partials of rows, as store_pair left them."""
     sp = tl.arange(0, BLOCK_S)
     m = rm[:, None] & (sp < S)[None, :]
     off = rows[:, None].to(tl.int64) * S + sp[None, :]
-    val = tl.load(part_val + off, mask=m, other=NEG_INF)
-    idx = tl.load(part_idx + off, mask=m, other=2147483647)
+    return m, tl.load(ptr_a + off, mask=m, other=other_a), tl.load(ptr_b + off, mask=m, other=other_b)
+
+
+@triton.jit
+def combine_argmax(part_val, part_idx, rows, rm, S, BLOCK_S: tl.constexpr):
+    """Best id per row from S range partials [rows, S] (lowest range wins ties)."""
+    m, val, idx = load_pair(part_val, part_idx, rows, rm, S, NEG_INF, 2147483647, BLOCK_S)
     best = tl.max(val, axis=1)
     return tl.min(tl.where(m & (val == best[:, None]), idx, 2147483647), axis=1)
 
@@ -89,14 +101,39 @@ def combine_argmax(part_val, part_idx, rows, rm, S, BLOCK_S: tl.constexpr):
 @triton.jit
 def combine_stats(part_m, part_s, rows, rm, S, PRECISE: tl.constexpr, BLOCK_S: tl.constexpr):
     """Softmax (max, sum) per row from S range partials."""
-    sp = tl.arange(0, BLOCK_S)
-    m = rm[:, None] & (sp < S)[None, :]
-    off = rows[:, None].to(tl.int64) * S + sp[None, :]
-    pm = tl.load(part_m + off, mask=m, other=NEG_INF)
-    ps = tl.load(part_s + off, mask=m, other=0.0)
+    _, pm, ps = load_pair(part_m, part_s, rows, rm, S, NEG_INF, 0.0, BLOCK_S)
     M = tl.max(pm, axis=1)
     w = tl.where(pm == NEG_INF, 0.0, precise_exp(pm - M[:, None], PRECISE))
     return M, tl.sum(ps * w, axis=1)
+
+
+@triton.jit
+def vocab_range(V, split_len):
+    """(range sp, ranges S, [start, end)): the ids of this program's vocabulary range (grid axis 1)."""
+    sp = tl.program_id(1)
+    start = sp * split_len
+    return sp, tl.num_programs(1), start, tl.minimum(V, start + split_len)
+
+
+@triton.jit
+def scan_vocab(row_ptr, start, end, s_v, temp_bits, seed, t, offset, ACC: tl.constexpr,
+               SACC: tl.constexpr, MODE: tl.constexpr, STREAM: tl.constexpr, PRECISE: tl.constexpr,
+               STATS: tl.constexpr, BLOCK_V: tl.constexpr):
+    """(best score as SACC, best id int32, softmax max, sum) over ids [start, end) of one row.
+    The statistics are of the unscaled logits in ACC, and only kept when STATS (else -inf, 0)."""
+    best_val = tl.full([], NEG_INF, SACC)
+    best_idx = start + tl.zeros([], tl.int32)
+    m = tl.full([], NEG_INF, ACC)
+    s = tl.zeros([], ACC)
+    for v0 in range(start, end, BLOCK_V):
+        v = v0 + tl.arange(0, BLOCK_V)
+        vm = v < end
+        x = load_row(row_ptr, v, vm, s_v, ACC)
+        sc = score(x, v, vm, temp_bits, seed, t, offset, MODE, STREAM, PRECISE).to(SACC)
+        best_val, best_idx = argmax_update(best_val, best_idx, sc, v0)
+        if STATS:
+            m, s = stats_update(m, s, x, PRECISE)
+    return best_val, best_idx, m, s
 
 
 @triton.jit
@@ -104,15 +141,24 @@ def scan_argmax(row_ptr, start, end, s_v, temp_bits, seed, t, offset, ACC: tl.co
                 SACC: tl.constexpr, MODE: tl.constexpr, STREAM: tl.constexpr, PRECISE: tl.constexpr,
                 BLOCK_V: tl.constexpr):
     """(best score as SACC, best id int32) over ids [start, end) of one row."""
-    best_val = tl.full([], NEG_INF, SACC)
-    best_idx = start + tl.zeros([], tl.int32)
-    for v0 in range(start, end, BLOCK_V):
-        v = v0 + tl.arange(0, BLOCK_V)
-        vm = v < end
-        x = load_row(row_ptr, v, vm, s_v, ACC)
-        sc = score(x, v, vm, temp_bits, seed, t, offset, MODE, STREAM, PRECISE).to(SACC)
-        best_val, best_idx = argmax_update(best_val, best_idx, sc, v0)
+    best_val, best_idx, _, _ = scan_vocab(row_ptr, start, end, s_v, temp_bits, seed, t, offset, ACC, SACC,
+                                          MODE, STREAM, PRECISE, False, BLOCK_V)
     return best_val, best_idx
+
+
+@triton.jit
+def logits_row(logits, seed_ptr, offset_ptr, r, T, s_b, s_t, MODE: tl.constexpr):
+    """(t, row pointer, seed, offset) of row r = b*T + t of logits [B, T, V]; MODE 0 reads no seed."""
+    b = r // T
+    t = r % T
+    row = logits + b.to(tl.int64) * s_b + t.to(tl.int64) * s_t
+    if MODE == 0:
+        seed = 0
+        offset = 0
+    else:
+        seed = tl.load(seed_ptr + b)
+        offset = tl.load(offset_ptr + b)
+    return t, row, seed, offset
 
 
 @triton.jit
@@ -123,26 +169,14 @@ def vocab_argmax_kernel(logits, seed_ptr, offset_ptr, out, part_val, part_idx,
     """Grid (B*T, S). Row r = b*T + t of logits [B, T, V] (any strides), vocabulary range
     pid1: best id (DIRECT: straight to out[r] as int64, S must be 1) or range partials."""
     r = tl.program_id(0)
-    sp = tl.program_id(1)
-    S = tl.num_programs(1)
-    b = r // T
-    t = r % T
-    start = sp * split_len
-    end = tl.minimum(V, start + split_len)
-    row = logits + b.to(tl.int64) * s_b + t.to(tl.int64) * s_t
-    if MODE == 0:
-        seed = 0
-        offset = 0
-    else:
-        seed = tl.load(seed_ptr + b)
-        offset = tl.load(offset_ptr + b)
+    sp, S, start, end = vocab_range(V, split_len)
+    t, row, seed, offset = logits_row(logits, seed_ptr, offset_ptr, r, T, s_b, s_t, MODE)
     best_val, best_idx = scan_argmax(row, start, end, s_v, temp_bits, seed, t, offset,
                                      ACC, SACC, MODE, STREAM, PRECISE, BLOCK_V)
     if DIRECT:
         tl.store(out + r, best_idx.to(tl.int64))
     else:
-        tl.store(part_val + r * S + sp, best_val)
-        tl.store(part_idx + r * S + sp, best_idx)
+        store_pair(part_val, part_idx, r * S + sp, best_val, best_idx)
 
 
 @triton.jit
@@ -161,34 +195,12 @@ def confidence_kernel(logits, seed_ptr, offset_ptr, part_val, part_idx, part_m, 
     """Grid (B*L, S): x0 candidate (argmax, or MODE 2 float64 Gumbel-max) and online
     softmax statistics of the unscaled logits (ACC precision) over one vocabulary range."""
     r = tl.program_id(0)
-    sp = tl.program_id(1)
-    S = tl.num_programs(1)
-    b = r // L
-    t = r % L
-    start = sp * split_len
-    end = tl.minimum(V, start + split_len)
-    row = logits + b.to(tl.int64) * s_b + t.to(tl.int64) * s_t
-    if MODE == 0:
-        seed = 0
-        offset = 0
-    else:
-        seed = tl.load(seed_ptr + b)
-        offset = tl.load(offset_ptr + b)
-    best_val = tl.full([], NEG_INF, SACC)
-    best_idx = start + tl.zeros([], tl.int32)
-    m = tl.full([], NEG_INF, ACC)
-    s = tl.zeros([], ACC)
-    for v0 in range(start, end, BLOCK_V):
-        v = v0 + tl.arange(0, BLOCK_V)
-        vm = v < end
-        x = load_row(row, v, vm, s_v, ACC)
-        sc = score(x, v, vm, temp_bits, seed, t, offset, MODE, DIFFUSION, PRECISE).to(SACC)
-        best_val, best_idx = argmax_update(best_val, best_idx, sc, v0)
-        m, s = stats_update(m, s, x, PRECISE)
-    tl.store(part_val + r * S + sp, best_val)
-    tl.store(part_idx + r * S + sp, best_idx)
-    tl.store(part_m + r * S + sp, m)
-    tl.store(part_s + r * S + sp, s)
+    sp, S, start, end = vocab_range(V, split_len)
+    t, row, seed, offset = logits_row(logits, seed_ptr, offset_ptr, r, L, s_b, s_t, MODE)
+    best_val, best_idx, m, s = scan_vocab(row, start, end, s_v, temp_bits, seed, t, offset, ACC, SACC, MODE,
+                                          DIFFUSION, PRECISE, True, BLOCK_V)
+    store_pair(part_val, part_idx, r * S + sp, best_val, best_idx)
+    store_pair(part_m, part_s, r * S + sp, m, s)
 
 
 @triton.jit

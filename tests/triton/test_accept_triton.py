@@ -5,35 +5,13 @@ own choices so that rows accept different numbers of drafts (none, some, all), w
 without eos. CPU: interpreter, tiny vocabularies (odd sizes, several vocabulary ranges);
 CUDA adds the real shape [B, 32, 131072] bf16.
 """
-import os
-
 import pytest
 import torch
 
+from tests.triton.support import DEV, I32, NEEDS_CUDA, TRITON, logits
 from tridiff import reference as ref
 from tridiff.ops.accept import accept_linear as op_accept_linear
-
-triton = pytest.importorskip("triton")
-CUDA = torch.cuda.is_available()
-DEV = "cuda" if CUDA else "cpu"
-if not CUDA and os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
-from tridiff.triton import accept as ta  # noqa: E402
-from tridiff.triton import sample as ts  # noqa: E402
-
-# The interpreter computes uint32 Philox rounds and masked-off lanes in numpy, which warns
-# about the intended wrap-around / inf arithmetic; those lanes are never stored.
-pytestmark = [pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning"),
-              pytest.mark.filterwarnings("ignore:divide by zero encountered:RuntimeWarning"),
-              pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning"),
-              pytest.mark.filterwarnings("ignore:Conversion of an array with ndim:DeprecationWarning")]
-TRITON = pytest.mark.parametrize("backend", ["triton"], ids=["triton"])
-I32 = dict(dtype=torch.int32, device=DEV)
-
-
-def logits(*shape, dtype=torch.float32, seed=0, scale=3.0):
-    g = torch.Generator().manual_seed(seed)
-    return (scale * torch.randn(*shape, generator=g)).to(dtype).to(DEV)
+from tridiff.triton import accept as ta
 
 
 def seeds(B, base=21):
@@ -45,12 +23,6 @@ def seeds(B, base=21):
 def same(a, b):
     for i, (p, q) in enumerate(zip(a, b)):
         assert p.dtype == q.dtype and torch.equal(p, q), f"output {i}: {p.tolist()} != {q.tolist()}"
-
-
-@pytest.fixture(params=[1, 64], ids=["S1", "Smany"])
-def ranges(request, monkeypatch):
-    monkeypatch.setattr(ts, "TARGET_PROGRAMS_INTERPRET", request.param)
-    return request.param
 
 
 def drafts_from(ar, keep):
@@ -144,10 +116,8 @@ def test_quadratic(backend, L, dtype, ranges):
 # ---- rejection -----------------------------------------------------------------------------
 
 @TRITON
-@pytest.mark.parametrize("dtype,n_ranges", [(torch.float32, 1), (torch.float16, 64)],
-                         ids=["float32-S1", "float16-Smany"])
-def test_rejection_sampled(backend, dtype, n_ranges, monkeypatch):
-    monkeypatch.setattr(ts, "TARGET_PROGRAMS_INTERPRET", n_ranges)
+def test_rejection_sampled(backend, noisy_dtype):
+    dtype = noisy_dtype
     B, n, V = 3, 4, 777
     x = logits(B, n + 1, V, dtype=dtype, seed=9, scale=2.0)
     noise = logits(B, n, V, seed=10, scale=1.0).to(dtype)
@@ -180,7 +150,7 @@ def test_rejection_zero_drafts_and_greedy(backend):
 # ---- real shapes (GPU only) ------------------------------------------------------------------
 
 @TRITON
-@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@NEEDS_CUDA
 @pytest.mark.parametrize("B", [1, 4])
 def test_real_shape_bf16(backend, B):
     n, V = 31, 131072

@@ -8,24 +8,16 @@ Error rule (FlashAttention's): max |kernel - ref64| <= 2 x max |ref_same_dtype -
 + a small atol. Outputs and the split-KV workspace are pre-filled with NaN.
 """
 import importlib
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
 
+from tests.triton.support import CUDA, DEV, NEEDS_CUDA, TRITON
 from tridiff import Mode, ops
 from tridiff._dispatch import BackendUnavailable
 from tridiff.ops.attention import normalize_attention_args
-
-triton = pytest.importorskip("triton")
-CUDA = torch.cuda.is_available()
-DEV = "cuda" if CUDA else "cpu"
-if not CUDA and os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
-from tridiff.triton import attention as ta  # noqa: E402
+from tridiff.triton import attention as ta
 
 ref = importlib.import_module("tridiff.reference.attention")  # the package re-exports the function
 
@@ -37,8 +29,6 @@ PSCALE = 100 if CUDA else 1        # committed lengths are multiplied by this
 # Guards only the degenerate case of an (almost) exact torch result; measured kernel/torch
 # error ratios on CPU are 0.4-1.05 (the output rounding dominates both).
 ATOL = {torch.float32: 1e-7, torch.float16: 1e-5, torch.bfloat16: 1e-5}
-TRITON = pytest.mark.parametrize("backend", ["triton"], ids=["triton"])
-NEEDS_CUDA = pytest.mark.skipif(not CUDA, reason="needs CUDA")
 
 
 def make_args(rows, dtype, Hq_per_kv=2, Hkv=HKV, D=D0, page=None, Tq=None, write_kv=False, seed=0):
@@ -325,16 +315,8 @@ _AOT = textwrap.dedent("""
 
 
 @TRITON
-def test_compiles_for_sm90(backend):
-    try:
-        from triton.backends.nvidia.compiler import get_ptxas
-        get_ptxas(90)
-    except Exception as exc:  # triton built without the NVIDIA backend or its ptxas
-        pytest.skip(f"needs triton's NVIDIA backend with ptxas: {exc}")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    r = subprocess.run([sys.executable, "-c", _AOT], env=env, cwd=root, capture_output=True, text=True,
-                       timeout=600)
+def test_compiles_for_sm90(backend, compiled_python):
+    r = compiled_python("-c", _AOT, timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
     assert r.stdout.count("attention_kernel") == 3 and "merge_kernel" in r.stdout
 

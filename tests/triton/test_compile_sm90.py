@@ -17,7 +17,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 
 import pytest
 
@@ -262,17 +261,9 @@ if __name__ == "__main__":
 # ---- pytest side ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def sm90():
+def sm90(compiled_python):
     """Collect and compile once per pytest process (the child takes ~a minute on 2 cores)."""
-    try:
-        from triton.backends.nvidia.compiler import get_ptxas
-        get_ptxas(90)
-    except Exception as exc:  # triton built without the NVIDIA backend or its ptxas
-        pytest.skip(f"needs triton's NVIDIA backend with ptxas: {exc}")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    r = subprocess.run([sys.executable, os.path.abspath(__file__)], env=env, cwd=root, capture_output=True,
-                       text=True, timeout=900)
+    r = compiled_python(os.path.abspath(__file__), timeout=900)
     assert r.returncode == 0, r.stderr[-6000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 

@@ -3,29 +3,15 @@
 On CPU these run under TRITON_INTERPRET=1 with tiny shapes; fp32/fp16 only there
 (the interpreter's bf16 arithmetic is unreliable), bf16 on CUDA.
 """
-import os
-
 import pytest
 import torch
 
+from tests.triton.support import CUDA, DEV, I32, NEEDS_CUDA, TRITON
 from tridiff import ops
 from tridiff import reference as ref
-
-triton = pytest.importorskip("triton")
-CUDA = torch.cuda.is_available()
-DEV = "cuda" if CUDA else "cpu"
-if not CUDA and os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
-from tridiff.triton import kv_cache as tk  # noqa: E402
+from tridiff.triton import kv_cache as tk
 
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if CUDA else [])
-I32 = dict(dtype=torch.int32, device=DEV)
-# The interpreter computes uint32 Philox rounds and masked-off lanes in numpy, which warns
-# about the intended wrap-around / inf arithmetic; those lanes are never stored.
-pytestmark = [pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning"),
-              pytest.mark.filterwarnings("ignore:divide by zero encountered:RuntimeWarning"),
-              pytest.mark.filterwarnings("ignore:Conversion of an array with ndim:DeprecationWarning")]
-TRITON = pytest.mark.parametrize("backend", ["triton"], ids=["triton"])
 
 
 def rand(*shape, dtype=torch.float32, seed=0):
@@ -227,7 +213,7 @@ def test_reserve_release_wide_batch(backend):
 # ---- real shapes (GPU only) -----------------------------------------------------------------
 
 @TRITON
-@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@NEEDS_CUDA
 def test_real_shapes_bf16(backend):
     """A 32-token verify block appended to a bf16 cache, paged (page 16) and contiguous,
     then a QUADRATIC(16) compaction of all 32 layers in one call."""

@@ -1,24 +1,12 @@
 """The Triton Philox4x32-10 against tridiff.reference.philox, bit for bit."""
-import os
-
 import numpy as np
 import pytest
 import torch
 
+from tests.triton.support import CUDA, DEV, NEEDS_CUDA, TRITON, triton
+from tridiff.kernels.philox import philox_fill_kernel
 from tridiff.reference import philox as ref
 
-triton = pytest.importorskip("triton")
-CUDA = torch.cuda.is_available()
-DEV = "cuda" if CUDA else "cpu"
-if not CUDA and os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
-from tridiff.kernels.philox import philox_fill_kernel  # noqa: E402
-
-# The interpreter computes uint32 Philox rounds and masked-off lanes in numpy, which warns
-# about the intended wrap-around / inf arithmetic; those lanes are never stored.
-pytestmark = [pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning"),
-              pytest.mark.filterwarnings("ignore:divide by zero encountered:RuntimeWarning"),
-              pytest.mark.filterwarnings("ignore:Conversion of an array with ndim:DeprecationWarning")]
 SPECIAL_SEEDS = [0, 1, -1, 2**63 - 1, -2**63, 2**32, 2**32 - 1, 2**31, -2**31, 0x0123456789ABCDEF]
 
 
@@ -44,7 +32,7 @@ def _run(seed, c, precise):
     return word, u, g
 
 
-@pytest.mark.parametrize("backend", ["triton"], ids=["triton"])
+@TRITON
 def test_word_and_uniform_bit_exact(backend):
     seed, c = _inputs()
     word, u, _ = _run(seed, c, precise=CUDA)
@@ -54,7 +42,7 @@ def test_word_and_uniform_bit_exact(backend):
     assert bool(((u > 0) & (u < 1)).all())
 
 
-@pytest.mark.parametrize("backend", ["triton"], ids=["triton"])
+@TRITON
 @pytest.mark.skipif(CUDA, reason="interpreter-only check (numpy log); CUDA has the torch bit-exact test")
 def test_gumbel_formula_interpreter(backend):
     """The interpreter's log is numpy's: the kernel must equal -log(-log(u)) computed by
@@ -70,8 +58,8 @@ def test_gumbel_formula_interpreter(backend):
     assert close
 
 
-@pytest.mark.parametrize("backend", ["triton"], ids=["triton"])
-@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@TRITON
+@NEEDS_CUDA
 def test_gumbel_bit_exact_cuda(backend):
     """libdevice logf on the GPU is the CUDA math library torch uses: bit-exact."""
     seed, c = _inputs()

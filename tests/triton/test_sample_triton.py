@@ -4,54 +4,22 @@ Integer outputs are compared exactly; conf against a float64 truth with PyTorch'
 same-dtype error as the yardstick. CPU runs use the interpreter and tiny shapes; the
 real shape ([B, 32, 131072] bf16) runs on CUDA only.
 """
-import os
-
 import numpy as np
 import pytest
 import torch
 
+from tests.triton.support import CUDA, DEV, NEEDS_CUDA, TRITON, logits
 from tridiff import ops
 from tridiff import reference as ref
+from tridiff.triton import sample as ts
 
-triton = pytest.importorskip("triton")
-CUDA = torch.cuda.is_available()
-DEV = "cuda" if CUDA else "cpu"
-if not CUDA and os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
-from tridiff.triton import sample as ts  # noqa: E402
-
-# The interpreter computes uint32 Philox rounds and masked-off lanes in numpy, which warns
-# about the intended wrap-around / inf arithmetic; those lanes are never stored.
-pytestmark = [pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning"),
-              pytest.mark.filterwarnings("ignore:divide by zero encountered:RuntimeWarning"),
-              pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning"),
-              pytest.mark.filterwarnings("ignore:Conversion of an array with ndim:DeprecationWarning")]
-TRITON = pytest.mark.parametrize("backend", ["triton"], ids=["triton"])
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if CUDA else [])
-
-
-def logits(*shape, dtype=torch.float32, seed=0, scale=3.0):
-    g = torch.Generator().manual_seed(seed)
-    return (scale * torch.randn(*shape, generator=g)).to(dtype).to(DEV)
 
 
 def seeds(B, base=11):
     s = torch.tensor([base + 977 * b for b in range(B)], dtype=torch.int64)
     s[-1] |= -2**63  # a seed with the high bit set
     return s.to(DEV), torch.arange(B, dtype=torch.int64, device=DEV) * 5 + 3
-
-
-@pytest.fixture(params=[1, 64], ids=["S1", "Smany"])
-def ranges(request, monkeypatch):
-    """One vocabulary range per row, or as many as there are chunks (exercises combining)."""
-    monkeypatch.setattr(ts, "TARGET_PROGRAMS_INTERPRET", request.param)
-    return request.param
-
-
-# The noisy paths cost seconds each under the interpreter: two (dtype, ranges) pairs
-# cover both dtypes and both range layouts.
-NOISY = pytest.mark.parametrize("dtype,n_ranges", [(torch.float32, 1), (torch.float16, 64)],
-                                ids=["float32-S1", "float16-Smany"])
 
 
 # ---- sample --------------------------------------------------------------------------------
@@ -80,11 +48,8 @@ def test_sample_greedy_ties_lowest_id(backend, ranges):
 
 
 @TRITON
-@NOISY
-def test_sample_gumbel_matches_reference(backend, dtype, n_ranges, monkeypatch):
-    monkeypatch.setattr(ts, "TARGET_PROGRAMS_INTERPRET", n_ranges)
-    V = 777
-    x = logits(2, 2, V, dtype=dtype, seed=5, scale=1.0)
+def test_sample_gumbel_matches_reference(backend, noisy_dtype):
+    x = logits(2, 2, 777, dtype=noisy_dtype, seed=5, scale=1.0)
     seed, offset = seeds(2)
     got = ts.sample(x, 0.7, seed, offset)
     assert torch.equal(got, ref.sample(x, 0.7, seed, offset))
@@ -146,11 +111,8 @@ def test_confidence_ties_and_peaked(backend):
 
 
 @TRITON
-@NOISY
-def test_confidence_gumbel_float64(backend, dtype, n_ranges, monkeypatch):
-    monkeypatch.setattr(ts, "TARGET_PROGRAMS_INTERPRET", n_ranges)
-    V = 777
-    x = logits(2, 2, V, dtype=dtype, seed=8, scale=1.0)
+def test_confidence_gumbel_float64(backend, noisy_dtype):
+    x = logits(2, 2, 777, dtype=noisy_dtype, seed=8, scale=1.0)
     seed, offset = seeds(2, base=3)
     x0, conf = ts.diffusion_confidence(x, 0.9, seed, offset)
     rx0, rconf = ref.diffusion_confidence(x, 0.9, seed, offset)
@@ -224,7 +186,7 @@ def test_public_unmask_dispatches(backend):
 # ---- real shapes (GPU only) -----------------------------------------------------------------
 
 @TRITON
-@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@NEEDS_CUDA
 @pytest.mark.parametrize("B", [1, 4])
 def test_real_shape_bf16(backend, B):
     x = logits(B, 32, 131072, dtype=torch.bfloat16, seed=B, scale=2.0)

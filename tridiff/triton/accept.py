@@ -28,10 +28,17 @@ def _kernels():
 MAX_POSITIONS = 1024  # n+1 (or L) positions live in one program's registers
 
 
-def _outputs(B, m, dev):
+def _outputs(B, m, dev, next_shape=()):
+    """Fresh (n_acc, tokens [B, m], n_emitted, next [B, *next_shape], new_cache_lens, hit_eos)."""
     return (torch.empty(B, dtype=torch.int32, device=dev), torch.empty((B, m), dtype=torch.int64, device=dev),
-            torch.empty(B, dtype=torch.int32, device=dev), torch.empty(B, dtype=torch.int64, device=dev),
+            torch.empty(B, dtype=torch.int32, device=dev), torch.empty((B, *next_shape), dtype=torch.int64, device=dev),
             torch.empty(B, dtype=torch.int32, device=dev), torch.empty(B, dtype=torch.bool, device=dev))
+
+
+def _accept_outputs(target_logits):
+    """(B, n drafts, V, fresh AcceptResult-ordered outputs) of target_logits [B, n+1, V]."""
+    B, n1, V = target_logits.shape
+    return B, n1 - 1, V, _outputs(B, n1, target_logits.device)
 
 
 def supports_accept_linear(target_logits, draft_tokens, cache_lens, eos_id, temperature, seed, offset):
@@ -42,10 +49,7 @@ def supports_accept_linear(target_logits, draft_tokens, cache_lens, eos_id, temp
 
 
 def accept_linear(target_logits, draft_tokens, cache_lens, eos_id, temperature, seed, offset):
-    B, n1, V = target_logits.shape
-    n = n1 - 1
-    dev = target_logits.device
-    outs = _outputs(B, n1, dev)
+    B, n, V, outs = _accept_outputs(target_logits)
     if B == 0:
         return outs
     cache_lens = cache_lens.contiguous()
@@ -53,7 +57,7 @@ def accept_linear(target_logits, draft_tokens, cache_lens, eos_id, temperature, 
     n_acc, tokens, n_emit, nxt, new_lens, hit = outs
     draft = draft_tokens.long().contiguous()
     _kernels().linear_finish_kernel[(B,)](pv, pi, draft, cache_lens, n_acc, tokens, n_emit, nxt, new_lens, hit, n, S,
-                                 int(eos_id), draft.stride(0), tokens.stride(0), BLOCK_N1=p2(n1), BLOCK_S=p2(S))
+                                 int(eos_id), draft.stride(0), tokens.stride(0), BLOCK_N1=p2(n + 1), BLOCK_S=p2(S))
     return outs
 
 
@@ -68,11 +72,11 @@ def accept_quadratic(logits, draft, cache_lens, eos_id):
     B, _, V = logits.shape
     L = draft.shape[1]
     dev = logits.device
-    n_acc, tokens, n_emit, _, new_lens, hit = _outputs(B, L, dev)
-    next_draft = torch.empty((B, L), dtype=torch.int64, device=dev)
+    outs = _outputs(B, L, dev, next_shape=(L,))
     if B == 0:
-        return n_acc, tokens, n_emit, next_draft, new_lens, hit
+        return outs
     cache_lens = cache_lens.contiguous()
+    n_acc, tokens, n_emit, next_draft, new_lens, hit = outs
     view = logits.view(B, L, L + 1, V) if logits.is_contiguous() else logits.reshape(B, L, L + 1, V)
     _, pv, pi, S1 = row_argmax(view[:, :, 0], 0.0, None, None, part=True)
     draft = draft.long().contiguous()
@@ -89,7 +93,7 @@ def accept_quadratic(logits, draft, cache_lens, eos_id):
     K.quadratic_finish_kernel[(B,)](pv, pi, pv2, pi2, draft, cache_lens, n_acc, tokens, n_emit, next_draft,
                                     new_lens, hit, L, S1, S2, int(eos_id), draft.stride(0), tokens.stride(0),
                                     next_draft.stride(0), BLOCK_L=p2(L), BLOCK_S=p2(max(S1, S2)))
-    return n_acc, tokens, n_emit, next_draft, new_lens, hit
+    return outs
 
 
 def supports_accept_rejection(target_logits, draft_logits, draft_tokens, cache_lens, eos_id, temperature,
@@ -106,13 +110,11 @@ def supports_accept_rejection(target_logits, draft_logits, draft_tokens, cache_l
 def accept_rejection(target_logits, draft_logits, draft_tokens, cache_lens, eos_id, temperature, seed, offset):
     if temperature == 0.0:
         return accept_linear(target_logits, draft_tokens, cache_lens, eos_id, 0.0, None, None)
-    B, n1, V = target_logits.shape
-    n = n1 - 1
-    dev = target_logits.device
-    outs = _outputs(B, n1, dev)
+    B, n, V, outs = _accept_outputs(target_logits)
     if B == 0:
         return outs
     cache_lens = cache_lens.contiguous()
+    dev = target_logits.device
     n_acc, tokens, n_emit, nxt, new_lens, hit = outs
     seed, offset = seed.long().contiguous(), offset.long().contiguous()
     draft = draft_tokens.long().contiguous()
@@ -142,6 +144,6 @@ def accept_rejection(target_logits, draft_logits, draft_tokens, cache_lens, eos_
     K.rejection_finish_kernel[(B,)](target_logits, dl, draft, seed, offset, pm, ps, bv, bi, rv, ri, qv, qi, ra,
                                     cache_lens, n_acc, tokens, n_emit, nxt, new_lens, hit, n, S1, S2, int(eos_id),
                                     tb, *strides, draft.stride(0), tokens.stride(0), ACC=acc, PRECISE=precise(),
-                                    BLOCK_N=p2(n), BLOCK_N1=p2(n1), BLOCK_S=block_s,
+                                    BLOCK_N=p2(n), BLOCK_N1=p2(n + 1), BLOCK_S=block_s,
                                     num_warps=8)  # 4 warps spill at n=63 (255 regs); 8: 106 regs
     return outs
