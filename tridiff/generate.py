@@ -23,14 +23,21 @@ into `linear_begin_and_pass`, `draft_pass` x k, `linear_verify`, each graphed on
 own) that reads and writes only state buffers allocated before the loop, updated in
 place, with shapes fixed by (B, L, V): no host read, no host-to-device copy, no branch
 on a tensor value. The same method runs eagerly, or (cuda_graphs) once eagerly as
-warm-up on a side stream, then captured into a torch.cuda.CUDAGraph and replayed. Random offsets live in device tensors, so a
-replay draws fresh noise exactly as the eager step would.
+warm-up on a side stream, then captured into a torch.cuda.CUDAGraph and replayed.
+Random offsets live in device tensors, so a replay draws fresh noise exactly as the
+eager step would. The graphs and the buffers they point at are kept with the model for
+the next generate call with the same shape-fixing arguments (mode, batch size, cache
+capacity rounded up to GRAPH_CAPACITY_STEP, block length, max_new_tokens, temperature,
+threshold, rule, eos id, backend, adapter, paging): that call refills the buffers in
+place and replays from its first iteration, with no warm-up and no capture (which
+synchronises the device). One such run is kept per model; release_graphs(model) drops it.
 """
 from __future__ import annotations
 
 import operator
 import time
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
@@ -101,16 +108,28 @@ def generate(model, prompts: Sequence[Sequence[int]], *, mode: str = "ar", max_n
                     quadratic self-speculation). None: on for a CUDA model in those
                     modes, and a step whose capture fails runs eagerly with a warning;
                     True: a failed capture raises; True on a CPU model or for diffusion
-                    is refused.
+                    is refused. The graphs and their buffers stay with the model for
+                    the next call with the same arguments except prompts (same count),
+                    seed and eos_check_every; release_graphs(model) frees them.
     """
     cfg = model.config
     L = int(block_length if block_length is not None else getattr(cfg, "block_length", 32))
     _validate(cfg, prompts, mode, max_new_tokens, L, threshold, temperature, rule, eos_check_every)
     graphs = _use_graphs(cuda_graphs, mode, _device(model))
-    run = _Run(model, prompts, mode, int(max_new_tokens), L, threshold, float(temperature), rule,
-               int(seed), backend, int(eos_check_every),
-               int(cfg.eos_token_id if eos_id is None else eos_id), bool(adapter),
-               dict(paged=True, page_size=page_size) if paged else {}, graphs)
+    settings = (mode, int(max_new_tokens), L, threshold, float(temperature), rule, backend,
+                int(cfg.eos_token_id if eos_id is None else eos_id), bool(adapter),
+                (("paged", True), ("page_size", page_size)) if paged else ())
+    capacity = max(len(p) for p in prompts) + _extra_len(mode, int(max_new_tokens), L)
+    if graphs:
+        capacity = -(-capacity // GRAPH_CAPACITY_STEP) * GRAPH_CAPACITY_STEP
+    key = (settings, len(prompts), capacity, graphs)
+    run = _kept_run(model, key) if graphs else None
+    if run is None:
+        run = _Run(model, prompts, settings, capacity, int(seed), int(eos_check_every), graphs)
+        if graphs:
+            _KEPT[model] = (key, run)
+    else:
+        run.restart(prompts, int(seed), int(eos_check_every))
     start = time.perf_counter()
     # Arguments were validated above; inside, every op input is made by the loop itself,
     # so device-side value checks (host round trips) are skipped.
@@ -163,6 +182,20 @@ def _validate(cfg, prompts, mode, max_new_tokens, L, threshold, temperature, rul
 
 
 GRAPH_MODES = ("ar", "linear-spec", "quadratic-spec")
+GRAPH_CAPACITY_STEP = 256   # graphed runs round the cache capacity up to this, for reuse
+
+# model -> (key, _Run): the last graphed run of each model, kept for the next call.
+_KEPT: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _kept_run(model, key):
+    kept = _KEPT.get(model)
+    return kept[1] if kept is not None and kept[0] == key else None
+
+
+def release_graphs(model) -> None:
+    """Drop the CUDA graphs and decoding buffers (KV cache included) kept for `model`."""
+    _KEPT.pop(model, None)
 
 
 def _use_graphs(flag, mode, device):
@@ -204,30 +237,51 @@ def _extra_len(mode, max_new_tokens, L):
 class _Run:
     """Device-side state of one generate call; one method per mode."""
 
-    def __init__(self, model, prompts, mode, max_new, L, threshold, temperature, rule, seed,
-                 backend, check_every, eos_id, adapter, cache_kw, graphs=False):
-        self.model, self.mode, self.max_new, self.L = model, mode, max_new, L
-        self.threshold, self.T, self.rule, self.backend = threshold, temperature, rule, backend
-        self.check_every, self.eos, self.adapter = check_every, eos_id, adapter
+    def __init__(self, model, prompts, settings, capacity, seed, check_every, graphs=False):
+        (self.mode, self.max_new, self.L, self.threshold, self.T, self.rule, self.backend, self.eos,
+         self.adapter, cache_kw) = settings
+        self.model = model
         self.mask = int(model.config.mask_token_id)
-        self.prompts = [[operator.index(t) for t in p] for p in prompts]
         self.dev = dev = _device(model)
         B = self.B = len(prompts)
-        self.prompt_lens = torch.tensor([len(p) for p in prompts], dtype=torch.int32, device=dev)
-        self.cache = model.new_cache(B, max(len(p) for p in prompts) + _extra_len(mode, max_new, L),
-                                     **cache_kw)
+        self.prompt_lens = torch.zeros(B, dtype=torch.int32, device=dev)
+        self.cache = model.new_cache(B, capacity, **dict(cache_kw))
         # Output buffer with one spare column that swallows the writes of idle entries.
-        self.cap = max_new + L
-        self.out = torch.full((B, self.cap + 1), -1, dtype=torch.int64, device=dev)
-        self.n_out = torch.zeros(B, dtype=torch.int64, device=dev)
-        self.nfe = torch.zeros(B, dtype=torch.int64, device=dev)
-        self.fwd = torch.zeros(B, dtype=torch.int64, device=dev)  # random offset per row
-        self.acc_sum = torch.zeros(B, dtype=torch.int64, device=dev)
-        self.iters = torch.zeros(B, dtype=torch.int64, device=dev)
-        self.forced = torch.zeros(B, dtype=torch.int64, device=dev)
-        self.seeds = torch.full((B,), seed, dtype=torch.int64, device=dev)
-        self.active = torch.ones(B, dtype=torch.bool, device=dev)
+        self.cap = self.max_new + self.L
+        self.out = torch.empty((B, self.cap + 1), dtype=torch.int64, device=dev)
+        self.n_out = torch.empty(B, dtype=torch.int64, device=dev)
+        self.nfe = torch.empty(B, dtype=torch.int64, device=dev)
+        self.fwd = torch.empty(B, dtype=torch.int64, device=dev)  # random offset per row
+        self.acc_sum = torch.empty(B, dtype=torch.int64, device=dev)
+        self.iters = torch.empty(B, dtype=torch.int64, device=dev)
+        self.forced = torch.empty(B, dtype=torch.int64, device=dev)
+        self.seeds = torch.empty(B, dtype=torch.int64, device=dev)
+        self.active = torch.empty(B, dtype=torch.bool, device=dev)
         self.graphs = graphs
+        self.steppers = {}
+        self.restart(prompts, seed, check_every)
+
+    def restart(self, prompts, seed, check_every):
+        """Per-call state, written into the buffers in place (a kept run's graphs read them)."""
+        self.prompts = [[operator.index(t) for t in p] for p in prompts]
+        self.check_every = check_every
+        self.prompt_lens.copy_(torch.tensor([len(p) for p in prompts], dtype=torch.int32))
+        self.cache.reset_()
+        self.out.fill_(-1)
+        for counter in (self.n_out, self.nfe, self.fwd, self.acc_sum, self.iters, self.forced):
+            counter.zero_()
+        self.seeds.fill_(seed)
+        self.active.fill_(True)
+
+    def keep(self, name, value):
+        """Set state buffer `name` before the loop: copied into the buffer a reused run
+        already has (its captured graphs hold that address), else stored. Returns it."""
+        old = self.__dict__.get(name)
+        if isinstance(old, torch.Tensor) and old.shape == value.shape and old.dtype == value.dtype:
+            old.copy_(value)
+            return old
+        setattr(self, name, value)
+        return value
 
     # ---- shared pieces --------------------------------------------------------------
 
@@ -269,8 +323,13 @@ class _Run:
         return (it % self.check_every) or bool(self.active.any())
 
     def stepper(self, fn):
-        """fn itself (eager), or a callable replaying it as a CUDA graph."""
-        return _Graphed(fn, strict=self.graphs == "strict") if self.graphs else fn
+        """fn itself (eager), or a callable replaying it as a CUDA graph (kept with the run,
+        so a reused run replays the graph captured by an earlier call)."""
+        if not self.graphs:
+            return fn
+        if fn.__name__ not in self.steppers:
+            self.steppers[fn.__name__] = _Graphed(fn, strict=self.graphs == "strict")
+        return self.steppers[fn.__name__]
 
     def block_of(self, seed):
         blk = torch.full((self.B, self.L), self.mask, dtype=torch.int64, device=self.dev)
@@ -280,7 +339,7 @@ class _Run:
     # ---- AR ---------------------------------------------------------------------------
 
     def ar(self):
-        self.tok = self.pick(self.prefill())   # state buffer: the last token of every row
+        self.keep("tok", self.pick(self.prefill()))   # state buffer: the last token of every row
         self.count(self.active)
         self.emit(self.tok[:, None], self.active.long())
         self.active &= (self.tok != self.eos) & (self.n_out < self.max_new)
@@ -343,15 +402,15 @@ class _Run:
 
     def linear(self):
         B, L, dev = self.B, self.L, self.dev
-        self.seed_tok = self.pick(self.prefill())   # state: next seed per row (uncommitted)
+        self.keep("seed_tok", self.pick(self.prefill()))   # state: next seed per row (uncommitted)
         self.count(self.active)
         self.emit(self.seed_tok[:, None], self.active.long())
         self.active &= (self.seed_tok != self.eos) & (self.n_out < self.max_new)
         # Per-iteration state shared by the pieces of a threshold draft.
-        self.act = torch.zeros(B, dtype=torch.bool, device=dev)
-        self.todo = torch.zeros(B, dtype=torch.bool, device=dev)
-        self.P = torch.zeros(B, dtype=torch.int32, device=dev)
-        self.block = torch.full((B, L), self.mask, dtype=torch.int64, device=dev)
+        self.keep("act", torch.zeros(B, dtype=torch.bool, device=dev))
+        self.keep("todo", torch.zeros(B, dtype=torch.bool, device=dev))
+        self.keep("P", torch.zeros(B, dtype=torch.int32, device=dev))
+        self.keep("block", torch.full((B, L), self.mask, dtype=torch.int64, device=dev))
         if not self.threshold:
             step = self.stepper(self.linear_step)
             for it in range(self.max_new):   # every iteration emits >= 1 token per running row
@@ -364,7 +423,7 @@ class _Run:
         if self.lossless_sampling():
             V = self.model.config.vocab_size
             ldt = torch.float64 if self.model.dtype == torch.float64 else torch.float32
-            self.draft_logits = torch.zeros((B, L, V), dtype=ldt, device=dev)
+            self.keep("draft_logits", torch.zeros((B, L, V), dtype=ldt, device=dev))
         first = self.stepper(self.linear_begin_and_pass)
         more = self.stepper(self.draft_pass)
         verify = self.stepper(self.linear_verify)
@@ -477,12 +536,12 @@ class _Run:
         # draft[0]: AR reading of the last prompt row; draft[j>0]: diffusion reading of block row j
         cols = self.prompt_lens.long()[:, None] + torch.arange(L, device=dev)[None, :]
         cols[:, 0] -= 1
-        self.draft = self.pick(logits[rows, cols])   # state: the current draft per row
+        self.keep("draft", self.pick(logits[rows, cols]))   # state: the current draft per row
         self.count(self.active)
         a = torch.arange(L, device=dev)[:, None]
         b_ = torch.arange(L + 1, device=dev)[None, :]
-        self.offsets = (a + b_).reshape(1, -1)   # slot (a, b) sits at position P + a + b
-        self.verify_slots = ops.quadratic_verify_slots(L, B, device=dev)
+        self.keep("offsets", (a + b_).reshape(1, -1))   # slot (a, b) sits at position P + a + b
+        self.keep("verify_slots", ops.quadratic_verify_slots(L, B, device=dev))
         step = self.stepper(self.quadratic_step)
         for it in range(self.max_new):   # every iteration emits >= 1 token per running row
             if not self.running(it):

@@ -7,8 +7,9 @@ stops early on eos, on contiguous and paged caches.
 
 On CPU: the argument rules, and the warm-up / capture / replay bookkeeping driven
 through a stand-in capture that records nothing (like a real capture) and replays the
-step eagerly, checking after every replay that the step only wrote into the state
-buffers that existed before it (the property a real graph relies on).
+step eagerly, checking at every replay that the state buffers are the very tensors
+that existed at capture time (the property a real graph relies on), also when the
+next generate call reuses the kept run and its graphs.
 """
 import pytest
 import torch
@@ -48,8 +49,10 @@ def _state(run):
 
 @pytest.fixture
 def stand_in_graphs(monkeypatch):
-    """Force the graphed path on CPU with a stand-in for warm-up and capture."""
+    """Force the graphed path on CPU with a stand-in for warm-up and capture (no run is
+    kept from another test, none is left behind)."""
     log = {"warm": 0, "capture": 0, "replay": 0}
+    gen._KEPT.clear()
 
     def warm_up(fn):
         log["warm"] += 1
@@ -58,19 +61,21 @@ def stand_in_graphs(monkeypatch):
     def capture(fn):
         log["capture"] += 1   # a real capture only records: nothing runs here
         run = fn.__self__
+        captured = _state(run)   # what a real graph would keep pointing at
 
         def replay():
-            before = _state(run)
+            assert _state(run) == captured, f"state tensors of {fn.__name__} changed since its capture"
             fn()
             log["replay"] += 1
-            assert _state(run) == before, f"{fn.__name__} rebound or reallocated a state tensor"
+            assert _state(run) == captured, f"{fn.__name__} rebound or reallocated a state tensor"
         return replay
 
     monkeypatch.setattr(gen, "_use_graphs",
                         lambda flag, mode, device: "strict" if mode in gen.GRAPH_MODES else False)
     monkeypatch.setattr(gen, "_warm_up", warm_up)
     monkeypatch.setattr(gen, "_capture", capture)
-    return log
+    yield log
+    gen._KEPT.clear()
 
 
 @pytest.mark.parametrize("mode,extra", CASES, ids=IDS)
@@ -86,6 +91,41 @@ def test_stand_in_graphs_equal_eager(model, prompts, stand_in_graphs, mode, extr
         eager = generate(model, prompts, **kw)
     assert stand_in_graphs == log   # the eager run went through no stand-in
     assert _fields(graphed) == _fields(eager)
+
+
+@pytest.mark.parametrize("mode,extra", CASES, ids=IDS)
+def test_next_call_replays_the_kept_graphs(model, prompts, stand_in_graphs, mode, extra):
+    """A second call with the same shape-fixing arguments but other prompts (other
+    lengths) and another seed refills the kept buffers and replays the first call's
+    graphs from its first iteration: no warm-up, no capture, and the tokens and counters
+    of an eager run of the second call (nothing left over from the first)."""
+    kw = dict(mode=mode, max_new_tokens=N, block_length=L, eos_id=-1, eos_check_every=2, **extra)
+    other = [list(reversed(p)) + [3, 4][: b % 3] for b, p in enumerate(prompts)]
+    assert [len(p) for p in other] != [len(p) for p in prompts]
+    generate(model, prompts, seed=5, **kw)
+    kept = gen._KEPT[model][1]
+    after_first = dict(stand_in_graphs)
+    second = generate(model, other, seed=9, **kw)
+    assert gen._KEPT[model][1] is kept
+    assert stand_in_graphs["warm"] == after_first["warm"] and stand_in_graphs["capture"] == after_first["capture"]
+    assert stand_in_graphs["replay"] > after_first["replay"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(gen, "_use_graphs", lambda flag, mode, device: False)
+        eager = generate(model, other, seed=9, **kw)
+    assert _fields(second) == _fields(eager)
+
+
+def test_kept_run_changes_with_the_arguments(model, prompts, stand_in_graphs):
+    kw = dict(mode="ar", block_length=L, eos_id=-1)
+    generate(model, prompts, max_new_tokens=N, **kw)
+    first = gen._KEPT[model][1]
+    generate(model, prompts[:2], max_new_tokens=N, **kw)        # another batch size: a new run
+    assert gen._KEPT[model][1] is not first and stand_in_graphs["capture"] == 2
+    second = gen._KEPT[model][1]
+    generate(model, prompts[:2], max_new_tokens=N + 1, **kw)    # another max_new_tokens: new again
+    assert gen._KEPT[model][1] is not second and stand_in_graphs["capture"] == 3
+    gen.release_graphs(model)
+    assert model not in gen._KEPT
 
 
 def test_cuda_graphs_argument(model, prompts, monkeypatch):
@@ -135,9 +175,10 @@ def test_failed_capture(model, prompts, monkeypatch, strict):
 
 @pytest.fixture
 def graph_log(monkeypatch):
-    """Counts real captures and replays."""
+    """Counts real captures and replays (no run kept from another test, none left)."""
     log = {"capture": 0, "replay": 0}
     real = gen._capture
+    gen._KEPT.clear()
 
     def capture(fn):
         log["capture"] += 1
@@ -148,7 +189,8 @@ def graph_log(monkeypatch):
             replay()
         return counted
     monkeypatch.setattr(gen, "_capture", capture)
-    return log
+    yield log
+    gen._KEPT.clear()
 
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -181,3 +223,16 @@ def test_graphs_on_by_default_on_cuda(cuda_model, prompts, graph_log):
     assert graph_log["capture"] == 1
     b = generate(cuda_model, prompts, mode="linear-spec", cuda_graphs=False, **kw)
     assert _fields(a) == _fields(b)
+
+
+@needs_cuda
+@pytest.mark.parametrize("mode", ["ar", "linear-spec", "quadratic-spec"])
+def test_real_graphs_are_reused_by_the_next_call(cuda_model, prompts, graph_log, mode):
+    kw = dict(mode=mode, max_new_tokens=N, block_length=L, eos_id=-1, cuda_graphs=True)
+    other = [list(reversed(p)) for p in prompts]
+    generate(cuda_model, prompts, seed=1, **kw)
+    captured = graph_log["capture"]
+    second = generate(cuda_model, other, seed=2, **kw)
+    assert graph_log["capture"] == captured >= 1
+    eager = generate(cuda_model, other, seed=2, **dict(kw, cuda_graphs=False))
+    assert _fields(second) == _fields(eager)
