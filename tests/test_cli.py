@@ -87,8 +87,10 @@ def test_generate_plain_output(ckpt, capsys):
     (["--mode", "ar", "--max-new-tokens", "0"], "max_new_tokens"),
     (["--mode", "quadratic-spec", "--temperature", "0.5", "--max-new-tokens", "8", "--block-length", "4"],
      "temperature"),
+    (["--mode", "ar", "--device", "cpu", "--cuda-graphs", "on"], "cuda_graphs"),
+    (["--mode", "ar", "--cuda-graphs", "yes"], "invalid choice"),
 ], ids=["diffusion-multiple", "quadratic-multiple", "unknown-mode", "too-long", "bad-ids", "zero-new",
-        "quadratic-temperature"])
+        "quadratic-temperature", "graphs-on-cpu", "graphs-bad-choice"])
 def test_generate_invalid_arguments(ckpt, capsys, argv, needle):
     if "--prompt-ids" not in argv:
         argv = argv + ["--prompt-ids", "1,2,3"]

@@ -60,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="default: the model's own choice for the device")
     g.add_argument("--backend", default="auto", choices=("auto", "torch", "triton", "cuda", "cpp"))
     g.add_argument("--eos-check-every", type=int, default=1)
+    g.add_argument("--cuda-graphs", choices=("auto", "on", "off"), default="auto",
+                   help="replay each AR / self-speculation iteration as a CUDA graph: auto = on for a "
+                        "CUDA model (falls back to eager with a warning), on = required, off = eager")
     g.add_argument("--json", action="store_true", help="print one JSON object")
 
     d = sub.add_parser("demo", help="write a tiny random checkpoint and run all four modes")
@@ -135,7 +138,8 @@ def _generate(args) -> int:
     out = generate(model, prompts, mode=args.mode, max_new_tokens=args.max_new_tokens,
                    block_length=args.block_length, threshold=threshold, temperature=args.temperature,
                    rule=args.rule, seed=args.seed, backend=args.backend,
-                   eos_check_every=args.eos_check_every)
+                   eos_check_every=args.eos_check_every,
+                   cuda_graphs={"auto": None, "on": True, "off": False}[args.cuda_graphs])
     rows = [{"prompt_ids": r.prompt_ids, "tokens": r.tokens,
              "text": tok.decode(r.tokens) if tok is not None else None,
              "nfe": r.nfe, "tokens_per_forward": r.tokens_per_forward,
