@@ -233,14 +233,7 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnArgs a) {
       const bool ok = j < kb.nk;
       const int64_t key = block_key(kb, ok ? j : 0);  // rows past nk: zero-filled from a valid address
       const uint16_t *kr, *vr;
-      if (kb.is_new) {
-        kr = K + b * a.k_sb + key * a.k_st + kvh * a.k_sh;
-        vr = V + b * a.v_sb + key * a.v_st + kvh * a.v_sh;
-      } else {
-        const int64_t off = slot_offset(a.cache, b, key) + slab;
-        kr = reinterpret_cast<const uint16_t*>(a.k_cache + off);
-        vr = reinterpret_cast<const uint16_t*>(a.v_cache + off);
-      }
+      key_rows(a, kb, b, kvh, slab, key, kr, vr);
       cp_async16(dK + j * kLd + c * 8, kr + c * 8, ok);
       cp_async16(dV + j * kLd + c * 8, vr + c * 8, ok);
     }

@@ -171,6 +171,21 @@ TD_HD KeyBlock tile_key_block(const TileMeta& m, int64_t i) {
 // Key j of a block (a cache slot or a new-token index).
 TD_HD int64_t block_key(const KeyBlock& k, int64_t j) { return k.start + j * k.step; }
 
+// The K and V rows (element type E, head kvh of sequence b) of key `key` of block kb:
+// new tokens from k/v, committed slots from the cache (slab = the head's byte offset).
+template <typename E>
+TD_HD void key_rows(const AttnArgs& a, const KeyBlock& kb, int64_t b, int64_t kvh, int64_t slab, int64_t key,
+                    const E*& kr, const E*& vr) {
+  if (kb.is_new) {
+    kr = static_cast<const E*>(a.k) + b * a.k_sb + key * a.k_st + kvh * a.k_sh;
+    vr = static_cast<const E*>(a.v) + b * a.v_sb + key * a.v_st + kvh * a.v_sh;
+  } else {
+    const int64_t off = slot_offset(a.cache, b, key) + slab;
+    kr = reinterpret_cast<const E*>(a.k_cache + off);
+    vr = reinterpret_cast<const E*>(a.v_cache + off);
+  }
+}
+
 // SPEC section 2 among new tokens: may live new row i see new key jn (both < n)?
 TD_HD bool new_key_visible(int mode, int64_t arg, int64_t n, int64_t i, int64_t jn) {
   if (jn >= n) return false;

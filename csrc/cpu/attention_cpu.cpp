@@ -111,15 +111,7 @@ void run_tile(const AttnArgs& a, int64_t qt, int64_t b, int64_t kvh, int64_t spl
     for (int64_t j = 0; j < kb.nk; ++j) {
       const T* kr;
       const T* vr;
-      const int64_t key = block_key(kb, j);
-      if (kb.is_new) {
-        kr = K + b * a.k_sb + key * a.k_st + kvh * a.k_sh;
-        vr = V + b * a.v_sb + key * a.v_st + kvh * a.v_sh;
-      } else {
-        const int64_t off = slot_offset(a.cache, b, key) + slab;
-        kr = reinterpret_cast<const T*>(a.k_cache + off);
-        vr = reinterpret_cast<const T*>(a.v_cache + off);
-      }
+      key_rows(a, kb, b, kvh, slab, block_key(kb, j), kr, vr);
       load_row(&w.k[j], kr, D, kAttnBlockN);  // transposed
       load_row(&w.v[j * D], vr, D);
     }
