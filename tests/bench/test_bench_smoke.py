@@ -22,6 +22,9 @@ TINY = {
     "kv_cache": dict(append=[(2, 4, 8)], compact=[(2, 2, 3)], rollback_P=[8, 64], rep_ms=1),
     "accept": dict(Bs=[2], V=256, quad_L=2, rep_ms=1),
     "e2e": dict(Ps=[8], L=4, quad_L=2, gen_tokens=8, prompt_len=4, oracle_iters=3, rep_ms=1),
+    "cpu_backends": dict(V=512, n=4, quad_L=2, Bs=[2], logit_dtypes=[torch.float32], kv_dtypes=[torch.bfloat16],
+                         Hkv=2, D=64, P=16, compact_P=8, layers=2, page=4, sample_T1_block_Bs=[2], rounds=2,
+                         rep_ms=1, warmup_ms=0),
 }
 
 
@@ -72,6 +75,56 @@ def test_bench_quick_cpu_rows(name, backend, tmp_path):
         assert oracle["achieved_mean"] <= oracle["drawn_mean"]
         t = json.loads((tmp_path / "e2e_targets.jsonl").read_text().splitlines()[-1])
         assert t["targets"] and all("n/a" in row[3] or row[3] == "info" for row in t["targets"])
+
+
+def _cpp_reason():
+    from tridiff import _ext
+
+    return _ext.reason("cpp")
+
+
+CPP = [pytest.param("cpp", id="cpp", marks=pytest.mark.skipif(_cpp_reason() is not None, reason=str(_cpp_reason())))]
+
+
+@pytest.mark.parametrize("backend", CPP)
+def test_bench_cpu_backends_rows(backend, tmp_path):
+    """Every op the C++ build serves (attention aside) gets a torch row and a cpp row on the
+    same shape and dtype, the cpp row compared with the torch one, and says what "auto" picks."""
+    from bench import bench_cpu_backends as bench
+
+    bench.run(quick=True, out_dir=tmp_path, device="cpu", backends=f"torch,{backend}",
+              overrides=TINY["cpu_backends"], print_table=False)
+    rows = _check_rows(tmp_path / "cpu_backends.jsonl")
+    by_group = {}
+    for r in rows:
+        by_group.setdefault(r["group"], {})[r["backend"]] = r
+    assert {r["op"] for r in rows} == set(bench.OPS)
+    for group, pair in by_group.items():
+        assert set(pair) == {"torch", backend}, group
+        torch_row, cpp_row = pair["torch"], pair[backend]
+        assert torch_row["role"] == "baseline" and cpp_row["role"] == "tridiff"
+        assert cpp_row["baseline"] == "torch" and cpp_row["baseline_ms"] == torch_row["median_ms"]
+        assert cpp_row["shape"] == torch_row["shape"] and cpp_row["dtype"] == torch_row["dtype"]
+        assert cpp_row["extra"]["auto"] in ("torch", backend) and len(cpp_row["extra"]["rounds"]) >= 1
+    table = bench.summary(rows).splitlines()
+    assert len(table) == 1 + len(by_group) and all(line.split()[-1] in ("torch", backend) for line in table[1:])
+    sampled = {r["extra"]["auto"] for r in rows if r["op"] == "sample" and r["shape"]["temperature"] > 0}
+    greedy = {r["extra"]["auto"] for r in rows if r["op"] == "sample" and r["shape"]["temperature"] == 0}
+    assert sampled == {backend} and greedy == {"torch"}  # the orders tridiff._dispatch states for CPU
+
+
+@pytest.mark.parametrize("backend", CPP)
+def test_bench_cpu_backends_refuses_disagreeing_backends(backend, tmp_path, monkeypatch):
+    """A backend whose result differs from torch's stops the run instead of being timed."""
+    import importlib
+
+    from bench import bench_cpu_backends as bench
+
+    mod = importlib.import_module(f"tridiff.{backend}")
+    monkeypatch.setattr(mod, "kv_write_", lambda *args: None)  # writes nothing
+    with pytest.raises(AssertionError, match="kv_write_: cpp and torch disagree"):
+        bench.run(quick=True, out_dir=tmp_path, device="cpu", backends=f"torch,{backend}",
+                  overrides=TINY["cpu_backends"], print_table=False)
 
 
 @pytest.mark.parametrize("label", ["CAUSAL", "BIDIR_BLOCK", "QUADRATIC2", "QUADRATIC3", "MIXED"])

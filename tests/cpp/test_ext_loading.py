@@ -69,13 +69,21 @@ def test_cupy_import_never_fails():
 
 
 def test_auto_picks_cpp_on_cpu():
-    """With the extension built, "auto" on CPU tensors runs the cpp backend for its ops."""
+    """With the extension built, "auto" on CPU tensors runs the cpp backend where the CPU
+    order puts it first (bench/bench_cpu_backends.py): sampled draws and KV writes, while
+    greedy sampling stays on torch's faster argmax."""
     from tridiff import _dispatch
 
     if _ext.reason("cpp") is not None:
         pytest.skip(_ext.reason("cpp"))
     x = torch.zeros(2, 1, 16)
-    assert _dispatch.resolve("sample", "auto", x.device, (x, 0.0, None, None), {}) == "cpp"
+    seed = offset = torch.zeros(2, dtype=torch.int64)
+    assert _dispatch.resolve("sample", "auto", x.device, (x, 0.7, seed, offset), {}) == "cpp"
+    assert _dispatch.resolve("sample", "auto", x.device, (x, 0.0, None, None), {}) == "torch"
+    kc = torch.zeros(2, 8, 1, 16)
+    lens = torch.zeros(2, dtype=torch.int32)
+    assert _dispatch.resolve("kv_write_", "auto", x.device, (kc, kc.clone(), kc[:, :1], kc[:, :1], lens, lens + 1,
+                                                             None), {}) == "cpp"
     # ...and refuses CUDA-only situations with a reason instead of crashing.
     import tridiff.cpp
 
