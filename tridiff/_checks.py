@@ -16,6 +16,8 @@ import os
 
 import torch
 
+from tridiff.errors import TridiffInputError  # noqa: F401  (re-exported: tridiff._checks.TridiffInputError)
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 INDEX_DTYPES = (torch.int32, torch.int64)
 
@@ -34,9 +36,6 @@ def trusted():
     finally:
         _trusted.reset(token)
 
-
-class TridiffInputError(ValueError):
-    """Raised for bad arguments to a tridiff op; the message names the argument."""
 
 
 def fail(arg: str, expected: str, got) -> None:

@@ -16,8 +16,6 @@ import functools
 import re
 import shutil
 import subprocess
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -25,6 +23,7 @@ import pytest
 cupy = pytest.importorskip("cupy", reason="cupy not installed (pip install tridiff[cupy])")
 
 import tridiff.cupy as tc  # noqa: E402
+from cupy_support import FakeArray  # noqa: E402
 from tridiff.cupy._source import SOURCE, name_expressions  # noqa: E402
 
 
@@ -70,42 +69,6 @@ def test_source_compiles_with_nvrtc(arch):
 
 
 # --- launcher ABI -------------------------------------------------------------------------------
-
-class _Ptr:
-    def __init__(self, ptr):
-        self.ptr = ptr
-
-
-class FakeArray:
-    """The attributes of cupy.ndarray the launchers read, over host memory."""
-
-    def __init__(self, arr):
-        self.a = np.asarray(arr)
-        self.shape, self.strides, self.ndim = self.a.shape, self.a.strides, self.a.ndim
-        self.dtype, self.itemsize = self.a.dtype, self.a.itemsize
-        self.data = _Ptr(self.a.ctypes.data)
-
-    def __getitem__(self, idx):
-        return FakeArray(self.a[idx])
-
-
-def _fake_cupy():
-    m = types.ModuleType("cupy")
-    m.empty = lambda shape, dtype: FakeArray(np.empty(shape, dtype=dtype))
-    m.ascontiguousarray = lambda x, dtype=None: FakeArray(np.ascontiguousarray(x.a, dtype=dtype))
-    m.float64, m.int64, m.int32, m.bool_ = np.float64, np.int64, np.int32, np.bool_
-    return m
-
-
-class Recorder:
-    def __init__(self):
-        self.calls = []
-
-    def get_function(self, name):
-        def launch(grid, block, args, shared_mem=0):
-            self.calls.append((name, grid, block, args, shared_mem))
-        return launch
-
 
 def _params(lowered: str):
     """Parameter types of a mangled kernel name, via c++filt."""
@@ -161,15 +124,6 @@ def _check_call(name, grid, block, args, shared_mem, mapping):
     assert grid[1:] == () or all(int(g) < 65536 for g in grid[1:]), (name, grid)
     assert len(block) <= 3 and 0 < int(np.prod(block)) <= 1024, (name, block)
     assert 0 <= shared_mem <= 48 * 1024, (name, shared_mem)  # above 48 KB needs an opt-in cupy does not make
-
-
-@pytest.fixture
-def launched(monkeypatch):
-    """Run launchers against the stand-in cupy; yields the list of recorded launches."""
-    rec = Recorder()
-    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy())
-    monkeypatch.setattr(tc, "_module", rec)
-    return rec.calls
 
 
 def _kv(paged, dtype=np.float16, B=3, T=4, H=2, D=64, Tmax=32, page=8, layers=None):

@@ -14,7 +14,10 @@ float16/float32/float64, or uint16 holding bfloat16 with bf16=True; KV caches an
   accept_linear(target_logits, draft_tokens, cache_lens, eos_id, temperature=0.0, seed=None,
                 offset=None, bf16=False) -> 6-tuple (AcceptResult order)
   accept_quadratic(logits, draft, cache_lens, eos_id, bf16=False) -> 6-tuple
-No input validation beyond layout: validate with tridiff.ops on torch tensors if needed.
+Arguments are checked before anything is allocated or launched (tridiff/cupy/_validate.py):
+layouts always, values (lengths within capacity, ids and pages in range; a host copy)
+unless TRIDIFF_CHECK_VALUES=0. Bad input raises tridiff.errors.TridiffInputError naming
+the argument. Nothing here imports torch.
 """
 from __future__ import annotations
 
@@ -118,8 +121,10 @@ def _layout(cache, block_table):
 
 def kv_write_(k_cache, v_cache, k, v, cache_lens, q_lens, block_table=None, commit=False):
     _mod()
+    from tridiff.cupy import _validate
     from tridiff.cupy._source import VEC_TYPES
 
+    _validate.kv_write(k_cache, v_cache, k, v, cache_lens, q_lens, block_table, commit)
     B, T, H, D = k.shape
     row_bytes = H * D * k.itemsize
     bt, outer, token, tokens, max_pages = _layout(k_cache, block_table)
@@ -142,8 +147,10 @@ def kv_append_(k_cache, v_cache, k, v, cache_lens, q_lens, block_table=None):
 
 def kv_compact_(k_cache, v_cache, cache_lens, src_index, block_table=None):
     _mod()
+    from tridiff.cupy import _validate
     from tridiff.cupy._source import VEC_TYPES
 
+    _validate.kv_compact(k_cache, v_cache, cache_lens, src_index, block_table)
     B, n = src_index.shape
     layers = k_cache.shape[0] if k_cache.ndim == 5 else 1
     layer_stride = k_cache.strides[0] if k_cache.ndim == 5 else 0
@@ -155,7 +162,7 @@ def kv_compact_(k_cache, v_cache, cache_lens, src_index, block_table=None):
     units = row_bytes // vb
     limit = 48 * 1024
     if n * vb > limit:
-        raise ValueError(f"kv_compact_: n={n} too large for shared-memory staging")
+        _validate.fail("src_index", f"at most {limit // vb} columns (shared-memory staging)", f"n={n}")
     threads = max(1, min(units, 128, limit // (n * vb)))
     fn = _mod().get_function(f"cupy_kv_compact<{VEC_TYPES[vb]}>")
     fn((-(-units // threads), B, layers * 2), (threads,),
@@ -195,6 +202,10 @@ def sample(logits, temperature=0.0, seed=None, offset=None, bf16=False):
     _mod()  # raises with the reason when the cupy path is unavailable
     import cupy
 
+    from tridiff.cupy import _validate
+
+    _validate.logits("logits", logits, bf16)
+    _validate.sampling(temperature, seed, offset, logits.shape[0])
     B, T, V = logits.shape
     nchunks, pv, pi = _scan(logits, temperature, seed, offset, bf16)
     out = cupy.empty((B, T), dtype=cupy.int64)
@@ -206,6 +217,9 @@ def _accept(logits, draft, cache_lens, eos_id, quadratic, temperature, seed, off
     _mod()
     import cupy
 
+    from tridiff.cupy import _validate
+
+    _validate.accept(logits, draft, cache_lens, eos_id, quadratic, temperature, seed, offset, bf16)
     B, R, V = logits.shape
     n = draft.shape[1]
     nchunks, pv, pi = _scan(logits, temperature, seed, offset, bf16)
