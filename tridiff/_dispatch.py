@@ -8,8 +8,8 @@ define `unavailable()` returning None or the reason the whole backend is missing
 tridiff never needs triton, a GPU or a compiled extension.
 
 "auto" tries AUTO_ORDER for the device of the first tensor argument (refined per op by
-AUTO_ORDER_PER_OP, and for sampled calls by AUTO_ORDER_SAMPLED) and picks the first
-backend that is available and supports the inputs; the torch reference
+AUTO_ORDER_PER_OP) and picks the first backend that is available and supports the
+inputs; the torch reference
 serves everything, so "auto" always finds one. Asking for a named backend that
 cannot serve raises BackendUnavailable with the reason.
 """
@@ -39,54 +39,31 @@ AUTO_ORDER = {
 }
 # Per-op overrides of AUTO_ORDER: {op_name: {device_type: (backends...)}}.
 # CPU entries follow bench/bench_cpu_backends.py (2-core Xeon, vocab 131072, 32-token
-# blocks, B 1 and 4, fp32 and bf16, Hkv 8, D 128; ratio = torch ms / cpp ms, > 1: cpp
-# faster; ranges over two runs). Ops without a CPU entry keep cpp first: kv_write_ /
-# kv_append_ at P=4096 24-78x, kv_compact_ 21-44x (all 26 layers in one call 9-37x),
-# paged_reserve_ / paged_release_ (page 16) 21-36x, diffusion_unmask [B, 32] 3.6-5.7x.
+# blocks, Hkv 8, D 128; ratio = torch ms / cpp ms, > 1: cpp faster, two runs each). Ops
+# without a CPU entry keep cpp first: kv_write_/kv_append_ 20-80x, kv_compact_ 8-35x (26
+# layers in one call 8-30x), paged_reserve_/paged_release_ 20-50x, diffusion_unmask 4-5.6x,
+# greedy sample / accept_linear / accept_rejection 1.1-3.0x (vectorised argmax pass),
+# sampled ones 1.1-19x (the torch reference's per-logit Philox is slow).
 AUTO_ORDER_PER_OP: dict[str, dict[str, tuple[str, ...]]] = {
     # Diffusion decoding ranks positions by conf rounded to the logits dtype; the C++
     # kernel sums in double and can differ from torch's softmax by one ulp, which may
     # flip a threshold or top-k decision. Token parity with the reference wins on CPU
-    # (torch is also faster there: ratio 0.22-0.59; [4, 32, V] fp32 42-46 vs 184-189 ms).
+    # (torch is also 2-5x faster there: [4, 32, V] fp32 41-49 vs 175-227 ms).
     "diffusion_confidence": {"cpu": ("torch",)},
     # CPU: the C++ attention is 2.5x slower than the torch reference on 3B verify shapes
     # (measured: 134 vs 54 ms, 32 tokens over a 4k cache). CUDA: the hand-written kernel
     # has not yet run on a GPU; Triton goes first until tests/cuda pass there.
     "attention": {"cpu": ("torch", "cpp"), "cuda": ("triton", "cuda", "torch")},
-    # CPU, metadata only (B int32 lengths): both take 3-8 us, ratio 0.95-0.98 -- even.
+    # CPU, metadata only (B int32 lengths): both take 3-8 us, ratio 0.94-1.08 -- noise.
     "kv_commit_": {"cpu": ("torch", "cpp")},
     "kv_rollback_": {"cpu": ("torch", "cpp")},
-    # CPU, greedy (an argmax per logits row): torch's vectorised argmax beats the C++ scan.
-    # accept_quadratic [B, 20, V] (L=4): ratio 0.15-0.37. At temperature 0, [B, 33, V]:
-    # accept_linear 0.44-0.84, accept_rejection 0.46-0.95; sample [B, V] and [B, 32, V]
-    # 0.33-0.88, except bf16 [1, V] at 1.6-1.7 (0.30 vs 0.50 ms). Sampled calls: see below.
+    # CPU: [B, 20, V] (L=4) ratio 0.59-1.02: torch's argmax over so few rows wins or ties.
     "accept_quadratic": {"cpu": ("torch", "cpp")},
-    "accept_linear": {"cpu": ("torch", "cpp")},
-    "accept_rejection": {"cpu": ("torch", "cpp")},
-    "sample": {"cpu": ("torch", "cpp")},
-}
-# Ops whose fastest backend depends on the temperature, and where it sits in their
-# positional arguments: above 0 they draw a Philox number per logit, which the C++ loop
-# does far faster than the torch reference's tensor arithmetic.
-TEMPERATURE_ARG = {"sample": 1, "accept_linear": 4, "accept_rejection": 5}
-# Overrides for calls with temperature > 0 (otherwise AUTO_ORDER_PER_OP, then AUTO_ORDER).
-AUTO_ORDER_SAMPLED: dict[str, dict[str, tuple[str, ...]]] = {
-    # CPU, temperature 1: sample [B, V] ratio 8.4-17, [1, 32, V] 12-18 (torch 1.2-1.6 s);
-    # accept_linear [1, 33, V] 15-19; accept_rejection [4, 33, V] 1.3-2.2, [1, 33, V] 1.1-1.35
-    # (0.7-1.0 in two runs with the cores shared: the bigger batch decides).
-    "sample": {"cpu": ("cpp", "torch")},
-    "accept_linear": {"cpu": ("cpp", "torch")},
-    "accept_rejection": {"cpu": ("cpp", "torch")},
 }
 
 
-def auto_order(op: str, device_type: str, args: tuple) -> tuple[str, ...]:
-    """The backends "auto" tries, in order, for op(*args) on a device of this type."""
-    at = TEMPERATURE_ARG.get(op)
-    if at is not None and at < len(args) and args[at] is not None and args[at] > 0:
-        order = AUTO_ORDER_SAMPLED.get(op, {}).get(device_type)
-        if order:
-            return order
+def auto_order(op: str, device_type: str) -> tuple[str, ...]:
+    """The backends "auto" tries, in order, for `op` on a device of this type."""
     return AUTO_ORDER_PER_OP.get(op, {}).get(device_type) or AUTO_ORDER.get(device_type, ("torch",))
 
 
@@ -176,7 +153,7 @@ def resolve(op: str, backend: str, device: torch.device, args: tuple, kwargs: di
         if reason:
             raise BackendUnavailable(reason)
         return backend
-    for name in auto_order(op, device.type, args):
+    for name in auto_order(op, device.type):
         if why_not(name, op, args, kwargs) is None:
             return name
     return "torch"

@@ -47,6 +47,29 @@ int CpuImpl::kv_compact(const KvCompactArgs& a, void*) {
 int CpuImpl::paged_reserve(const PagedArgs& a, void*) { paged_reserve_all(a); return kOk; }
 int CpuImpl::paged_release(const PagedArgs& a, void*) { paged_release_all(a); return kOk; }
 
+// Greedy chunk without statistics: the same (value, index) as scan_range's element loop
+// (NaN first, else the maximum, lowest index on ties) in two vectorisable passes: the
+// maximum with a NaN flag (a SIMD reduction), then the first index holding it.
+template <typename T>
+static void greedy_range(const T* x, int64_t lo, int64_t hi, Best& best) {
+  typedef typename Acc<T>::type A;
+  A m = (A)neg_inf();
+  bool nan = false;
+#pragma omp simd reduction(max : m) reduction(| : nan)
+  for (int64_t v = lo; v < hi; ++v) {
+    const A f = to_acc(x[v]);
+    nan |= f != f;
+    m = f > m ? f : m;
+  }
+  for (int64_t v = lo; v < hi; ++v) {
+    const A f = to_acc(x[v]);
+    if (nan ? f != f : f == m) {
+      best.push((double)f, v);
+      return;
+    }
+  }
+}
+
 template <int KIND, typename T>
 static void scan_cpu(const RowScanArgs& a) {
   const int64_t jobs = a.rows * a.nchunks;
@@ -57,7 +80,10 @@ static void scan_cpu(const RowScanArgs& a) {
     const int64_t lo = c * a.chunk, hi = min64(lo + a.chunk, a.V);
     Best best; best.init();
     SoftStats st; st.init();
-    scan_range<KIND, T>(a, row, lo, hi, best, with_stats ? &st : nullptr);
+    if (KIND == kGreedy && !with_stats)
+      greedy_range(reinterpret_cast<const T*>(row_ptr(a, row, sizeof(T))), lo, hi, best);
+    else
+      scan_range<KIND, T>(a, row, lo, hi, best, with_stats ? &st : nullptr);
     a.part_val[job] = best.val;
     a.part_idx[job] = best.idx;
     if (with_stats) { a.part_max[job] = st.m; a.part_sum[job] = st.s; }

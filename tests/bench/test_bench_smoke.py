@@ -108,9 +108,8 @@ def test_bench_cpu_backends_rows(backend, tmp_path):
         assert cpp_row["extra"]["auto"] in ("torch", backend) and len(cpp_row["extra"]["rounds"]) >= 1
     table = bench.summary(rows).splitlines()
     assert len(table) == 1 + len(by_group) and all(line.split()[-1] in ("torch", backend) for line in table[1:])
-    sampled = {r["extra"]["auto"] for r in rows if r["op"] == "sample" and r["shape"]["temperature"] > 0}
-    greedy = {r["extra"]["auto"] for r in rows if r["op"] == "sample" and r["shape"]["temperature"] == 0}
-    assert sampled == {backend} and greedy == {"torch"}  # the orders tridiff._dispatch states for CPU
+    picks = {op: {r["extra"]["auto"] for r in rows if r["op"] == op} for op in ("sample", "accept_quadratic")}
+    assert picks == {"sample": {backend}, "accept_quadratic": {"torch"}}  # the CPU orders tridiff._dispatch states
 
 
 @pytest.mark.parametrize("backend", CPP)

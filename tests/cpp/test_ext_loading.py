@@ -70,8 +70,8 @@ def test_cupy_import_never_fails():
 
 def test_auto_picks_cpp_on_cpu():
     """With the extension built, "auto" on CPU tensors runs the cpp backend where the CPU
-    order puts it first (bench/bench_cpu_backends.py): sampled draws and KV writes, while
-    greedy sampling stays on torch's faster argmax."""
+    order puts it first (bench/bench_cpu_backends.py): sampling and KV writes, while
+    accept_quadratic stays on torch."""
     from tridiff import _dispatch
 
     if _ext.reason("cpp") is not None:
@@ -79,7 +79,10 @@ def test_auto_picks_cpp_on_cpu():
     x = torch.zeros(2, 1, 16)
     seed = offset = torch.zeros(2, dtype=torch.int64)
     assert _dispatch.resolve("sample", "auto", x.device, (x, 0.7, seed, offset), {}) == "cpp"
-    assert _dispatch.resolve("sample", "auto", x.device, (x, 0.0, None, None), {}) == "torch"
+    assert _dispatch.resolve("sample", "auto", x.device, (x, 0.0, None, None), {}) == "cpp"
+    drafts, lens4 = torch.zeros(2, 1, dtype=torch.int64), torch.zeros(2, dtype=torch.int32)
+    assert _dispatch.resolve("accept_quadratic", "auto", x.device, (torch.zeros(2, 2, 16), drafts, lens4, -1),
+                             {}) == "torch"
     kc = torch.zeros(2, 8, 1, 16)
     lens = torch.zeros(2, dtype=torch.int32)
     assert _dispatch.resolve("kv_write_", "auto", x.device, (kc, kc.clone(), kc[:, :1], kc[:, :1], lens, lens + 1,

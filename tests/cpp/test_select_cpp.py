@@ -38,6 +38,8 @@ def _logits(B, T, V, dtype, gen):
     x = randn((B, T, V), dtype, gen) * 3
     x[0, 0, :] = 1.0            # all tied: lowest id
     x[-1, -1, V // 2] = float("nan")  # NaN wins, like torch.argmax
+    x[0, 1, :] = float("-inf")   # nothing finite: lowest id
+    x[-1, 0, 3] = x[-1, 0, V - 2] = float("nan")  # two NaNs (in different chunks): the first
     return x
 
 
