@@ -51,13 +51,6 @@ struct Best {
 struct SoftStats {
   double m, s;
   TD_HD void init() { m = neg_inf(); s = 0.0; }
-  TD_HD static double exp_d(double x) {
-#if TD_CUDA
-    return exp(x);
-#else
-    return std::exp(x);
-#endif
-  }
   TD_HD void push(double x) {
     if (is_nan(m)) return;
     if (is_nan(x)) { m = x; s = x; return; }

@@ -10,40 +10,6 @@
 
 namespace td {
 
-// float -> storage type, round to nearest even (NaN stays NaN).
-TD_HD uint32_t float_bits(float f) {
-#if defined(__CUDA_ARCH__)
-  return __float_as_uint(f);
-#else
-  uint32_t b; std::memcpy(&b, &f, 4); return b;
-#endif
-}
-TD_HD void store_as(double x, double* p) { *p = x; }
-TD_HD void store_as(double x, float* p) { *p = (float)x; }
-TD_HD void store_as(double x, bf16* p) {
-  const uint32_t u = float_bits((float)x);
-  if ((u & 0x7fffffffu) > 0x7f800000u) { p->bits = (uint16_t)((u >> 16) | 0x40u); return; }
-  p->bits = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
-TD_HD void store_as(double x, f16* p) {
-  const uint32_t u = float_bits((float)x);
-  const uint32_t sign = (u >> 16) & 0x8000u;
-  const uint32_t a = u & 0x7fffffffu;
-  if (a > 0x7f800000u) { p->bits = (uint16_t)(sign | 0x7e00u); return; }
-  if (a >= 0x477ff000u) { p->bits = (uint16_t)(sign | 0x7c00u); return; }  // rounds to inf
-  if (a < 0x38800000u) {  // subnormal half (or zero): value / 2^-24, round to nearest even
-    const uint32_t shift = 126u - (a >> 23);  // >= 14 here
-    if (shift > 24u) { p->bits = (uint16_t)sign; return; }
-    const uint32_t m = (a & 0x7fffffu) | 0x800000u;
-    const uint32_t q = m >> shift, rem = m & ((1u << shift) - 1u), half = 1u << (shift - 1u);
-    const uint32_t r = q + (rem > half || (rem == half && (q & 1u)));
-    p->bits = (uint16_t)(sign | r);
-    return;
-  }
-  const uint32_t r = a + 0xfffu + ((a >> 13) & 1u);
-  p->bits = (uint16_t)(sign | ((r - 0x38000000u) >> 13));
-}
-
 struct ConfArgs {
   const void* logits;
   int64_t rows, R, V, b_stride, t_stride;  // row r = (r / R, r % R)
@@ -65,7 +31,7 @@ TD_HD void confidence_row(const ConfArgs& a, int64_t row) {
   const int64_t off = (row / a.R) * a.b_stride + (row % a.R) * a.t_stride + x0;
   const double x = (double)to_acc(reinterpret_cast<const T*>(a.logits)[off]);
   a.x0[row] = x0;
-  store_as(SoftStats::exp_d(x - st.m) / st.s, reinterpret_cast<T*>(a.conf) + row);
+  store_as(exp_d(x - st.m) / st.s, reinterpret_cast<T*>(a.conf) + row);
 }
 
 struct UnmaskArgs {

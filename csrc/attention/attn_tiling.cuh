@@ -17,7 +17,6 @@
 // writes the output; several write normalised partials + log2-sum-exp to a workspace
 // that merge_element combines.
 #pragma once
-#include "../accept/sample.cuh"  // store_as: round-to-nearest-even fp16/bf16 stores
 #include "../kv/slots.cuh"
 
 namespace td {
@@ -216,35 +215,6 @@ template <typename A>
 struct OnlineStep {
   A m_new, m_use, alpha;
 };
-
-TD_HD float exp2_acc(float x) {
-#if defined(__CUDA_ARCH__)
-  return exp2f(x);
-#else
-  return std::exp2(x);
-#endif
-}
-TD_HD double exp2_acc(double x) {
-#if defined(__CUDA_ARCH__)
-  return exp2(x);
-#else
-  return std::exp2(x);
-#endif
-}
-TD_HD float log2_acc(float x) {
-#if defined(__CUDA_ARCH__)
-  return log2f(x);
-#else
-  return std::log2(x);
-#endif
-}
-TD_HD double log2_acc(double x) {
-#if defined(__CUDA_ARCH__)
-  return log2(x);
-#else
-  return std::log2(x);
-#endif
-}
 
 template <typename A>
 TD_HD A neg_inf_acc() { return (A)neg_inf(); }

@@ -87,5 +87,75 @@ TD_HD float exp_f(float x) {
   return std::exp(x);
 #endif
 }
+TD_HD double exp_d(double x) {
+#if TD_CUDA
+  return exp(x);
+#else
+  return std::exp(x);
+#endif
+}
+// Base-2 versions in the accumulator type (attention's online softmax).
+TD_HD float exp2_acc(float x) {
+#if defined(__CUDA_ARCH__)
+  return exp2f(x);
+#else
+  return std::exp2(x);
+#endif
+}
+TD_HD double exp2_acc(double x) {
+#if defined(__CUDA_ARCH__)
+  return exp2(x);
+#else
+  return std::exp2(x);
+#endif
+}
+TD_HD float log2_acc(float x) {
+#if defined(__CUDA_ARCH__)
+  return log2f(x);
+#else
+  return std::log2(x);
+#endif
+}
+TD_HD double log2_acc(double x) {
+#if defined(__CUDA_ARCH__)
+  return log2(x);
+#else
+  return std::log2(x);
+#endif
+}
+
+// float -> storage type, round to nearest even (NaN stays NaN).
+TD_HD uint32_t float_bits(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(f);
+#else
+  uint32_t b; std::memcpy(&b, &f, 4); return b;
+#endif
+}
+TD_HD void store_as(double x, double* p) { *p = x; }
+TD_HD void store_as(double x, float* p) { *p = (float)x; }
+TD_HD void store_as(double x, bf16* p) {
+  const uint32_t u = float_bits((float)x);
+  if ((u & 0x7fffffffu) > 0x7f800000u) { p->bits = (uint16_t)((u >> 16) | 0x40u); return; }
+  p->bits = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+TD_HD void store_as(double x, f16* p) {
+  const uint32_t u = float_bits((float)x);
+  const uint32_t sign = (u >> 16) & 0x8000u;
+  const uint32_t a = u & 0x7fffffffu;
+  if (a > 0x7f800000u) { p->bits = (uint16_t)(sign | 0x7e00u); return; }
+  if (a >= 0x477ff000u) { p->bits = (uint16_t)(sign | 0x7c00u); return; }  // rounds to inf
+  if (a < 0x38800000u) {  // subnormal half (or zero): value / 2^-24, round to nearest even
+    const uint32_t shift = 126u - (a >> 23);  // >= 14 here
+    if (shift > 24u) { p->bits = (uint16_t)sign; return; }
+    const uint32_t m = (a & 0x7fffffu) | 0x800000u;
+    const uint32_t q = m >> shift, rem = m & ((1u << shift) - 1u), half = 1u << (shift - 1u);
+    const uint32_t r = q + (rem > half || (rem == half && (q & 1u)));
+    p->bits = (uint16_t)(sign | r);
+    return;
+  }
+  const uint32_t r = a + 0xfffu + ((a >> 13) & 1u);
+  p->bits = (uint16_t)(sign | ((r - 0x38000000u) >> 13));
+}
 
 }  // namespace td
