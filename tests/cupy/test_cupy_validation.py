@@ -108,36 +108,18 @@ def test_valid_arguments_launch(launched):
     assert len(launched) >= 5
 
 
-@pytest.mark.parametrize("case", list(KV_CASES))
-def test_kv_write_refuses(launched, case):
-    d = kv()
-    edit, arg = KV_CASES[case]
+# (launcher name, valid arguments, {case: (edit, argument the error must name)})
+REFUSALS = [("kv_append_", kv, KV_CASES), ("kv_write_", lambda: kv(paged=True), PAGED_CASES),
+            ("kv_compact_", compact, COMPACT_CASES), ("accept_linear", linear, ACCEPT_CASES)]
+
+
+@pytest.mark.parametrize("fn,good,edit,arg", [
+    pytest.param(fn, good, edit, arg, id=f"{fn}-{case}")
+    for fn, good, cases in REFUSALS for case, (edit, arg) in cases.items()])
+def test_launcher_refuses(launched, fn, good, edit, arg):
+    d = good()
     edit(d)
-    _expect(tc.kv_append_, d, arg, launched)
-
-
-@pytest.mark.parametrize("case", list(PAGED_CASES))
-def test_paged_kv_write_refuses(launched, case):
-    d = kv(paged=True)
-    edit, arg = PAGED_CASES[case]
-    edit(d)
-    _expect(tc.kv_write_, d, arg, launched)
-
-
-@pytest.mark.parametrize("case", list(COMPACT_CASES))
-def test_kv_compact_refuses(launched, case):
-    d = compact()
-    edit, arg = COMPACT_CASES[case]
-    edit(d)
-    _expect(tc.kv_compact_, d, arg, launched)
-
-
-@pytest.mark.parametrize("case", list(ACCEPT_CASES))
-def test_accept_linear_refuses(launched, case):
-    d = linear()
-    edit, arg = ACCEPT_CASES[case]
-    edit(d)
-    _expect(tc.accept_linear, d, arg, launched)
+    _expect(getattr(tc, fn), d, arg, launched)
 
 
 def test_accept_quadratic_and_sample_refuse(launched):

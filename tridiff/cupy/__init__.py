@@ -24,6 +24,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from tridiff.cupy import _validate  # torch-free, no cupy import
+
 _module = None
 
 
@@ -121,10 +123,9 @@ def _layout(cache, block_table):
 
 def kv_write_(k_cache, v_cache, k, v, cache_lens, q_lens, block_table=None, commit=False):
     _mod()
-    from tridiff.cupy import _validate
     from tridiff.cupy._source import VEC_TYPES
 
-    _validate.kv_write(k_cache, v_cache, k, v, cache_lens, q_lens, block_table, commit)
+    _validate.kv_write(k_cache, v_cache, k, v, cache_lens, q_lens, block_table)
     B, T, H, D = k.shape
     row_bytes = H * D * k.itemsize
     bt, outer, token, tokens, max_pages = _layout(k_cache, block_table)
@@ -147,7 +148,6 @@ def kv_append_(k_cache, v_cache, k, v, cache_lens, q_lens, block_table=None):
 
 def kv_compact_(k_cache, v_cache, cache_lens, src_index, block_table=None):
     _mod()
-    from tridiff.cupy import _validate
     from tridiff.cupy._source import VEC_TYPES
 
     _validate.kv_compact(k_cache, v_cache, cache_lens, src_index, block_table)
@@ -202,8 +202,6 @@ def sample(logits, temperature=0.0, seed=None, offset=None, bf16=False):
     _mod()  # raises with the reason when the cupy path is unavailable
     import cupy
 
-    from tridiff.cupy import _validate
-
     _validate.logits("logits", logits, bf16)
     _validate.sampling(temperature, seed, offset, logits.shape[0])
     B, T, V = logits.shape
@@ -216,8 +214,6 @@ def sample(logits, temperature=0.0, seed=None, offset=None, bf16=False):
 def _accept(logits, draft, cache_lens, eos_id, quadratic, temperature, seed, offset, bf16):
     _mod()
     import cupy
-
-    from tridiff.cupy import _validate
 
     _validate.accept(logits, draft, cache_lens, eos_id, quadratic, temperature, seed, offset, bf16)
     B, R, V = logits.shape

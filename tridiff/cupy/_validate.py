@@ -116,7 +116,7 @@ def pages_valid(block_table, ends, page, num_pages):
                  used.tolist())
 
 
-def kv_write(k_cache, v_cache, k, v, cache_lens, q_lens, block_table, commit):
+def kv_write(k_cache, v_cache, k, v, cache_lens, q_lens, block_table):
     array("k", k, ndim=4)
     B, T, H, D = k.shape
     array("v", v, shape=(B, T, H, D))
@@ -179,5 +179,6 @@ def accept(logits_arr, draft, cache_lens, eos_id, quadratic, temperature, seed, 
         d = host(draft)
         if ((d < 0) | (d >= V)).any():
             fail("draft" if quadratic else "draft_tokens", f"token ids in [0, {V})", d.tolist())
-        if (host(cache_lens) < 0).any():
-            fail("cache_lens", "values >= 0", host(cache_lens).tolist())
+        lens = host(cache_lens)
+        if (lens < 0).any():
+            fail("cache_lens", "values >= 0", lens.tolist())
