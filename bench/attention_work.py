@@ -23,10 +23,9 @@ if __name__ == "__main__":
 
 import torch  # noqa: E402
 
-from bench.attention_shapes import GPU_DIMS, make_case  # noqa: E402
+from bench.attention_shapes import GPU_DIMS, Case, make_case, mixed_quadratic_L, visible_pairs  # noqa: E402
 from tridiff.modes import Mode  # noqa: E402
 from tridiff.ops.attention import normalize_attention_args  # noqa: E402
-from tridiff.reference.attention import visibility  # noqa: E402
 
 GROUP = GPU_DIMS.Hq // GPU_DIMS.Hkv   # query heads per KV head, packed into one tile
 HEAD_DIM = 16                          # counting does not depend on it
@@ -64,17 +63,17 @@ def counting_dots():
         builder.create_dot = original
 
 
-def case_args(modes, mode_args, q_lens, P, Tq=None, group=GROUP, D=HEAD_DIM):
-    """Normalised attention arguments for one KV head: rows with committed length P."""
-    B = len(modes)
-    Tq = Tq or max(q_lens)
+def case_args(case: Case, P: int, group=GROUP, D=HEAD_DIM):
+    """Normalised attention arguments for one KV head: the case's rows, committed length P."""
+    B, Tq = len(case.modes), case.Tq
     g = torch.Generator().manual_seed(0)
     r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
     q, k, v = r(B, Tq, group, D), r(B, Tq, 1, D), r(B, Tq, 1, D)
     kc, vc = r(B, P + Tq, 1, D), r(B, P + Tq, 1, D)
     t = lambda vals, dt: torch.tensor(vals, dtype=dt)  # noqa: E731
-    return normalize_attention_args(q, k, v, kc, vc, t([P] * B, torch.int32), t([int(m) for m in modes], torch.int8),
-                                    t(mode_args, torch.int32), t(q_lens, torch.int32), None, None, False)
+    return normalize_attention_args(q, k, v, kc, vc, t([P] * B, torch.int32),
+                                    t([int(m) for m in case.modes], torch.int8), t(case.mode_args, torch.int32),
+                                    t(case.q_lens, torch.int32), None, None, False)
 
 
 def key_tiles(args, config: dict) -> int:
@@ -87,50 +86,40 @@ def key_tiles(args, config: dict) -> int:
     return calls[0] // 2
 
 
-def visible_pairs_of(args) -> int:
-    """(query row, key) pairs the mask shows, summed over the packed query heads."""
-    q, cache_lens, modes, mode_args, q_lens = args[0], args[5], args[6], args[7], args[8]
-    vis = visibility(cache_lens, modes, mode_args, q_lens, q.shape[1], args[3].shape[1])
-    return int(vis.sum()) * q.shape[2]
-
-
-def work(case_label: str, B: int, P: int, new: int = GPU_DIMS.new) -> dict:
-    case = make_case(case_label, B, new)
-    args = case_args(case.modes, case.mode_args, case.q_lens, P, Tq=case.Tq)
+def work(case: Case, P: int) -> dict:
+    """Key tiles, (query row, key) pairs computed and pairs visible for one KV head of
+    the case (its GROUP query heads packed), with the GPU tile configuration."""
     cfg = gpu_config(case.Tq)
-    tiles = key_tiles(args, cfg)
-    computed = tiles * cfg["BLOCK_M"] * cfg["BLOCK_N"]
-    return dict(case=case_label, B=B, P=P, rows=case.Tq, tiles=tiles, computed=computed,
-                visible=visible_pairs_of(args), cfg=cfg)
+    tiles = key_tiles(case_args(case, P), cfg)
+    return dict(case=case.label, B=len(case.modes), P=P, rows=case.Tq, tiles=tiles,
+                computed=tiles * cfg["BLOCK_M"] * cfg["BLOCK_N"], visible=visible_pairs(case, P) * GROUP, cfg=cfg)
+
+
+def homogeneous(mode: Mode, arg: int, n: int, B: int, Tq: int) -> Case:
+    return Case(f"{mode.name}{arg or ''}", [mode] * B, [arg] * B, [n] * B, Tq)
 
 
 def quadratic_vs_causal(L: int, P: int) -> dict:
     """The issue's QUADRATIC target in work terms: QUADRATIC(L) against CAUSAL over the
     same L(L+1) rows. ratio = (work_Q / work_C) / (visible_Q / visible_C); <= 1.3 meets it."""
     rows = L * (L + 1)
-    cfg = gpu_config(rows)
-    quad = case_args([Mode.QUADRATIC], [L], [rows], P)
-    causal = case_args([Mode.CAUSAL], [0], [rows], P)
-    tq, tc = key_tiles(quad, cfg), key_tiles(causal, cfg)
-    vq, vc = visible_pairs_of(quad), visible_pairs_of(causal)
-    return dict(L=L, P=P, tiles_quadratic=tq, tiles_causal=tc, visible_quadratic=vq, visible_causal=vc,
-                ratio=(tq / tc) / (vq / vc))
+    quad = work(homogeneous(Mode.QUADRATIC, L, rows, 1, rows), P)
+    causal = work(homogeneous(Mode.CAUSAL, 0, rows, 1, rows), P)
+    return dict(L=L, P=P, tiles_quadratic=quad["tiles"], tiles_causal=causal["tiles"],
+                visible_quadratic=quad["visible"], visible_causal=causal["visible"],
+                ratio=(quad["tiles"] / causal["tiles"]) / (quad["visible"] / causal["visible"]))
 
 
 def mixed_vs_parts(B: int, P: int, new: int = GPU_DIMS.new) -> dict:
     """The mixed-batch target in work terms: MIXED over B rows against each homogeneous
     batch of B rows of one of its modes; ratio = work_mixed / max(work_part) <= 1.05."""
-    mixed = work("MIXED", B, P, new)
-    parts = {label: work(label, B, P, new)["computed"] for label in ("CAUSAL", "BIDIR_BLOCK")}
-    from bench.attention_shapes import mixed_quadratic_L
-
     Lq = mixed_quadratic_L(new)
-    qa = case_args([Mode.QUADRATIC] * B, [Lq] * B, [Lq * (Lq + 1)] * B, P, Tq=new)
-    qcfg = gpu_config(new)
-    parts[f"QUADRATIC{Lq}"] = key_tiles(qa, qcfg) * qcfg["BLOCK_M"] * qcfg["BLOCK_N"]
-    cb = case_args([Mode.CAUSAL_THEN_BIDIR] * B, [new // 2] * B, [new] * B, P, Tq=new)
-    parts["CAUSAL_THEN_BIDIR"] = key_tiles(cb, qcfg) * qcfg["BLOCK_M"] * qcfg["BLOCK_N"]
-    return dict(B=B, P=P, mixed=mixed["computed"], parts=parts, ratio=mixed["computed"] / max(parts.values()))
+    parts = [make_case("CAUSAL", B, new), make_case("BIDIR_BLOCK", B, new),
+             homogeneous(Mode.QUADRATIC, Lq, Lq * (Lq + 1), B, new),
+             homogeneous(Mode.CAUSAL_THEN_BIDIR, new // 2, new, B, new)]
+    mixed = work(make_case("MIXED", B, new), P)["computed"]
+    done = {case.label: work(case, P)["computed"] for case in parts}
+    return dict(B=B, P=P, mixed=mixed, parts=done, ratio=mixed / max(done.values()))
 
 
 def main(argv=None):
@@ -154,7 +143,7 @@ def main(argv=None):
     print("\nUseful fraction (visible / computed pairs), one row each")
     for label in ("CAUSAL", "BIDIR_BLOCK", "QUADRATIC16", "QUADRATIC32"):
         for P in Ps:
-            r = work(label, 1, P)
+            r = work(make_case(label, 1, GPU_DIMS.new), P)
             print(f"{label:>12} P={P:>5}: {r['tiles']:>5} tiles of {r['cfg']['BLOCK_M']}x{r['cfg']['BLOCK_N']}, "
                   f"useful {r['visible'] / r['computed']:.2f}")
 

@@ -23,6 +23,7 @@ if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
 if torch.cuda.is_available():
     pytest.skip("counts work in Triton's interpreter, which the GPU run does not use", allow_module_level=True)
 
+from bench.attention_shapes import Case  # noqa: E402
 from bench.attention_work import case_args, key_tiles, quadratic_vs_causal  # noqa: E402
 from tridiff import Mode  # noqa: E402
 from tridiff.reference.attention import visibility  # noqa: E402
@@ -61,7 +62,7 @@ ROWS = {
 @pytest.mark.parametrize("case", list(ROWS))
 def test_hidden_tiles_are_skipped(case, group):
     modes, mode_args, q_lens, P = ROWS[case]
-    args = case_args(modes, mode_args, q_lens, P, group=group, D=16)
+    args = case_args(Case(case, modes, mode_args, q_lens, max(q_lens)), P, group=group, D=16)
     cfg = dict(CFG, BLOCK_M=16 * group)
     tiles = key_tiles(args, cfg)
     lo, hi = tile_bounds(args, cfg, group)
