@@ -10,7 +10,7 @@ S <= a few hundred.
 import triton
 import triton.language as tl
 
-from .philox import ACCEPT, RESIDUAL, SAMPLE, gumbel, precise_exp, precise_log, uniform
+from .philox import ACCEPT, RESIDUAL, SAMPLE, _int64, gumbel, precise_exp, precise_log, uniform
 from .sample import (NEG_INF, argmax_update, combine_argmax, combine_stats, div_rn, load_row, scan_argmax,
                      stats_update, store_pair, temperature, vocab_range)
 
@@ -110,7 +110,7 @@ def rejection_stats_kernel(target, draft_logits, seed_ptr, offset_ptr, part_m, p
     seed = tl.load(seed_ptr + b)
     offset = tl.load(offset_ptr + b)
     if j == 2 * n:
-        row = target + b * s_tb + n.to(tl.int64) * s_tt
+        row = target + b * s_tb + _int64(n) * s_tt  # n == 1 arrives as a constant (no .to)
         best_val, best_idx = scan_argmax(row, start, end, s_tv, temp_bits, seed, n, offset, ACC,
                                          tl.float32, 1, SAMPLE, PRECISE, BLOCK_V)
         store_pair(bonus_val, bonus_idx, b * S + sp, best_val, best_idx)

@@ -17,7 +17,7 @@ argument to float32); MODE 1 rounds it to float32 as torch.tensor(T, float32) do
 import triton
 import triton.language as tl
 
-from .philox import DIFFUSION, gumbel, precise_exp, precise_log, uniform
+from .philox import DIFFUSION, _int64, gumbel, precise_exp, precise_log, uniform
 
 NEG_INF = tl.constexpr(float("-inf"))
 
@@ -32,8 +32,16 @@ def div_rn(a, b):
 
 
 @triton.jit
+def f64_from_bits(bits):
+    """The float64 whose bit pattern is the int argument `bits`. The JIT types an int by its
+    value (i32 when it fits, as the bits of 0.0 and of subnormals do; a constant when it
+    is 1), so it is widened to int64 before the 64-bit bitcast."""
+    return _int64(bits).to(tl.float64, bitcast=True)
+
+
+@triton.jit
 def temperature(temp_bits):
-    return temp_bits.to(tl.float64, bitcast=True)
+    return f64_from_bits(temp_bits)
 
 
 @triton.jit
@@ -241,7 +249,7 @@ def unmask_kernel(block, x0, conf, num_transfer, new_block, transferred, L, mask
     before = cand[None, :] & ((cj > ci) | ((cj == ci) & (i[None, :] < i[:, None])))
     rank = tl.sum(before.to(tl.int32), axis=1)
     if THRESHOLD:
-        thr = thr_bits.to(tl.float64, bitcast=True)
+        thr = f64_from_bits(thr_bits)
         take = cand & ((rank == 0) | (c >= thr))
     else:
         k = tl.load(num_transfer + b)

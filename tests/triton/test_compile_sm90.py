@@ -164,6 +164,39 @@ def _scenarios():
     yield f"diffusion_unmask [8,{ts.MAX_UNMASK_L}] bf16 (largest L)", False, P(unmask, 8, ts.MAX_UNMASK_L, bf16, 0.9)
     yield (f"accept_linear [1,{ta.MAX_POSITIONS},V] bf16 (most positions)", False,
            P(linear, 1, ta.MAX_POSITIONS - 1, bf16, 0.0))
+    yield from _specialisation_edges(P, sample, confidence, unmask, linear, rejection, quadratic, kv_write,
+                                     kv_compact, pages)
+
+
+def _specialisation_edges(P, sample, confidence, unmask, linear, rejection, quadratic, kv_write, kv_compact,
+                          pages):
+    """Argument values the JIT types differently from the production shapes: an int equal
+    to 1 becomes a compile-time constant (no .to()), one that fits int32 is typed i32
+    (the float64 bits of 0.0 and of subnormals, which then cannot be bitcast to float64),
+    and a multiple of 16 gets a divisibility hint. Values, not shapes: small V-sized rows."""
+    import torch
+
+    bf16, f64 = torch.bfloat16, torch.float64
+    for n in (1, 16):  # one draft token: linear self-speculation with block length 2
+        yield f"accept_rejection [1,{n + 1},V] bf16 n={n}", False, P(rejection, 1, n, bf16)
+        for temp in (0.0, 0.7):
+            yield f"accept_linear [1,{n + 1},V] bf16 n={n} T={temp}", False, P(linear, 1, n, bf16, temp)
+    for L in (1, 2, 16):
+        yield f"accept_quadratic [1,{L}*{L + 1},V] bf16 L={L}", False, P(quadratic, 1, L, bf16)
+    for L in (1, 16):
+        for thr in (0.0, 0.5, None):  # threshold 0.0: float64 bits 0
+            yield f"diffusion_unmask [1,{L}] bf16 threshold={thr}", False, P(unmask, 1, L, bf16, thr)
+    yield "diffusion_unmask [1,16] fp64 threshold=5e-324 (bits 1)", False, P(unmask, 1, 16, f64, 5e-324)
+    for temp in (5e-324, 1e-320):  # float64 bits 1 and a subnormal that fits int32
+        yield f"sample [1,16,V] bf16 T={temp}", False, P(sample, 1, 16, bf16, temp)
+        yield f"diffusion_confidence [1,16,V] bf16 T={temp}", False, P(confidence, 1, 16, bf16, temp)
+    for B in (1, 16):
+        for T in (1, 16):
+            yield f"kv_write_ [{B},{T}] bf16 page1", False, P(kv_write, B, T, HEAD_DIM, bf16, 1)
+            yield f"kv_compact_ 1 layer [{B},{T}] bf16 page1", False, P(kv_compact, 1, B, T, HEAD_DIM, bf16, 1)
+            yield f"kv_compact_ 1 layer [{B},{T}] bf16 contiguous", False, P(kv_compact, 1, B, T, HEAD_DIM, bf16, None)
+        for op in ("paged_reserve_", "paged_release_"):
+            yield f"{op} [{B},1]", False, P(pages, op, B, 1)
 
 
 def _collect():
