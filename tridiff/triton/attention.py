@@ -82,6 +82,14 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
+def _gpu_facts(device) -> tuple[bool, int]:
+    """(compiled for a GPU, its SM count) for tensors on `device`: the interpreter gets its
+    own small tiles and H100_SMS. The sm_90a compile test replaces this with (True, 132)."""
+    if device.type != "cuda":
+        return False, H100_SMS
+    return True, _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
 def num_splits_for(programs: int, capacity: int, sms: int, block_m: int) -> int:
     """Split the cache only when (tiles x sequences x KV heads) cannot fill the GPU: aim
     for about one wave of programs. A split reads keys x D x 2 (K, V) x 2 B and writes
@@ -109,7 +117,7 @@ def launch(q, k, v, k_cache, v_cache, cache_lens, modes, mode_args, q_lens, bloc
         out = torch.empty((B, Tq, Hq, D), dtype=q.dtype, device=q.device)
     if out.numel() == 0:
         return out
-    on_gpu = q.device.type == "cuda"
+    on_gpu, sms = _gpu_facts(q.device)
     # The kernel indexes the per-row metadata and table rows with unit stride (no-op copies
     # in the normal case; these are read-only).
     cache_lens, modes, mode_args, q_lens = (t.contiguous() for t in (cache_lens, modes, mode_args, q_lens))
@@ -123,8 +131,6 @@ def launch(q, k, v, k_cache, v_cache, cache_lens, modes, mode_args, q_lens, bloc
     page_size = k_cache.shape[1] if paged else 1
     capacity = block_table.shape[1] * page_size if paged else k_cache.shape[1]
     if num_splits is None:
-        sms = _sm_count(q.device.index if q.device.index is not None else torch.cuda.current_device()) \
-            if on_gpu else H100_SMS
         num_splits = num_splits_for(n_qtiles * B * Hkv, capacity, sms, cfg["BLOCK_M"])
 
     ws_rows = B * Tq * Hq
