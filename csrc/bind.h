@@ -18,7 +18,7 @@ template <typename T>
 inline T* ptr(uintptr_t p) { return reinterpret_cast<T*>(p); }
 
 inline void check(int code, const char* what) {
-  if (code != kOk) throw std::runtime_error(std::string("tridiff ") + what + ": " + error_text(code));
+  if (code != kOk) throw std::runtime_error(std::string("tridiff ") + what + ": " + status_text(code));
 }
 
 inline CacheLayout layout(uintptr_t block_table, int64_t outer, int64_t token, int64_t tokens, int64_t max_pages) {

@@ -15,7 +15,8 @@ int launch_scan(const RowScanArgs& a, cudaStream_t s) {
   const dim3 grid((unsigned)(a.nchunks * a.rows));
   if (vec) row_scan_kernel<KIND, T, true><<<grid, 256, 0, s>>>(a);
   else row_scan_kernel<KIND, T, false><<<grid, 256, 0, s>>>(a);
-  return cudaGetLastError() == cudaSuccess ? kOk : kLaunchFailed;
+  TD_CUDA_TRY(cudaGetLastError(), "row_scan_kernel");
+  return kOk;
 }
 }  // namespace
 
@@ -41,7 +42,7 @@ int CudaImpl::accept_finish(const AcceptArgs& a, bool quadratic, void* stream) {
   if (smem > 48 * 1024) return kTooLarge;
   if (quadratic) accept_finish_kernel<true><<<(unsigned)a.B, 128, smem, s>>>(a);
   else accept_finish_kernel<false><<<(unsigned)a.B, 128, smem, s>>>(a);
-  TD_CUDA_TRY(cudaGetLastError());
+  TD_CUDA_TRY(cudaGetLastError(), "accept_finish_kernel");
   return kOk;
 }
 
@@ -50,7 +51,7 @@ int CudaImpl::sample_finish(const double* part_val, const int64_t* part_idx, int
   if (rows == 0) return kOk;
   sample_finish_kernel<<<(unsigned)ceil_div(rows, 128), 128, 0, static_cast<cudaStream_t>(stream)>>>(
       part_val, part_idx, nchunks, rows, out);
-  TD_CUDA_TRY(cudaGetLastError());
+  TD_CUDA_TRY(cudaGetLastError(), "sample_finish_kernel");
   return kOk;
 }
 
@@ -58,7 +59,7 @@ int CudaImpl::confidence_finish(const ConfArgs& a, int dtype, void* stream) {
   if (a.rows == 0) return kOk;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   TD_DISPATCH_FLOAT(dtype, T, { confidence_finish_kernel<T><<<(unsigned)ceil_div(a.rows, 128), 128, 0, s>>>(a); });
-  TD_CUDA_TRY(cudaGetLastError());
+  TD_CUDA_TRY(cudaGetLastError(), "confidence_finish_kernel");
   return kOk;
 }
 
@@ -66,7 +67,7 @@ int CudaImpl::unmask(const UnmaskArgs& a, int dtype, void* stream) {
   if (a.B == 0) return kOk;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   TD_DISPATCH_FLOAT(dtype, T, { unmask_kernel<T><<<(unsigned)ceil_div(a.B, 128), 128, 0, s>>>(a); });
-  TD_CUDA_TRY(cudaGetLastError());
+  TD_CUDA_TRY(cudaGetLastError(), "unmask_kernel");
   return kOk;
 }
 
@@ -78,15 +79,15 @@ int CudaImpl::rejection(const RejectionArgs& a, int dtype, int64_t chunk, void* 
     if (a.n > 0) {
       const int coin_threads = (int)min64(1024, max64(32, ceil_div(a.n, 32) * 32));
       rejection_coins_kernel<T><<<(unsigned)a.B, coin_threads, (size_t)a.n, s>>>(a);
-      TD_CUDA_TRY(cudaGetLastError());
+      TD_CUDA_TRY(cudaGetLastError(), "rejection_coins_kernel");
       rejection_residual_kernel<T><<<(unsigned)(a.B * a.nchunks), 256, 0, s>>>(a, chunk);
-      TD_CUDA_TRY(cudaGetLastError());
+      TD_CUDA_TRY(cudaGetLastError(), "rejection_residual_kernel");
     } else {
-      TD_CUDA_TRY(cudaMemsetAsync(a.c, 0, (size_t)a.B * sizeof(int32_t), s));
+      TD_CUDA_TRY(cudaMemsetAsync(a.c, 0, (size_t)a.B * sizeof(int32_t), s), "cudaMemsetAsync (rejection counts)");
     }
   });
   rejection_finish_kernel<<<(unsigned)ceil_div(a.B, 32), 32, (size_t)(32 * (a.n + 1) * sizeof(int64_t)), s>>>(a);
-  TD_CUDA_TRY(cudaGetLastError());
+  TD_CUDA_TRY(cudaGetLastError(), "rejection_finish_kernel");
   return kOk;
 }
 

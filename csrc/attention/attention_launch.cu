@@ -18,18 +18,19 @@ int launch_attention(const AttnArgs& a, cudaStream_t s) {
   // done before any graph capture by the first eager call on that device).
   static bool raised[kMaxDevices] = {};
   int dev = 0;
-  TD_CUDA_TRY(cudaGetDevice(&dev));
+  TD_CUDA_TRY(cudaGetDevice(&dev), "cudaGetDevice");
   if (dev < 0 || dev >= kMaxDevices) return kBadArgument;
   if (!raised[dev]) {
-    TD_CUDA_TRY(cudaFuncSetAttribute(attention_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    TD_CUDA_TRY(cudaFuncSetAttribute(attention_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+                "cudaFuncSetAttribute (attention_kernel shared memory)");
     raised[dev] = true;
   }
   const dim3 grid((unsigned)attn_qtiles(a), (unsigned)(a.B * a.Hkv), (unsigned)a.num_splits);
   attention_kernel<T, D><<<grid, kAttnThreads, smem, s>>>(a);
-  TD_CUDA_TRY(cudaGetLastError());
+  TD_CUDA_TRY(cudaGetLastError(), "attention_kernel");
   if (a.num_splits > 1) {
     attention_merge_kernel<T><<<(unsigned)attn_ws_rows(a), D, 0, s>>>(a);
-    TD_CUDA_TRY(cudaGetLastError());
+    TD_CUDA_TRY(cudaGetLastError(), "attention_merge_kernel");
   }
   return kOk;
 }

@@ -30,6 +30,8 @@ typedef unsigned long long uint64_t;
 #else
 #include <stdint.h>
 #include <stddef.h>
+
+#include <string>
 #endif
 
 namespace td {
@@ -57,6 +59,31 @@ inline const char* error_text(int code) {
   }
 }
 
+#if !defined(__CUDACC_RTC__)
+// What the last failed CUDA call of this thread was (kernel or API call, CUDA error name
+// and text), recorded by TD_CUDA_TRY for the message of kLaunchFailed: on a first GPU run
+// an invalid argument, too many resources, a missing sm_90 image and a sticky illegal
+// address left by an earlier kernel must read differently.
+inline std::string& failure_detail() {
+  static thread_local std::string detail;
+  return detail;
+}
+
+inline int record_cuda_failure(const char* what, const char* err_name, const char* err_text) {
+  failure_detail() = std::string(what) + ": " + err_name + " (" + err_text + ")";
+  return kLaunchFailed;
+}
+
+// error_text(code), with the recorded detail for kLaunchFailed; clears the detail.
+inline std::string status_text(int code) {
+  std::string text = error_text(code);
+  std::string& detail = failure_detail();
+  if (code == kLaunchFailed && !detail.empty()) text += ": " + detail;
+  detail.clear();
+  return text;
+}
+#endif
+
 // Dtype codes used across the C ABI (tridiff/_ext.py keeps the same table).
 enum Dtype : int { kF16 = 0, kBF16 = 1, kF32 = 2, kF64 = 3 };
 
@@ -66,10 +93,14 @@ TD_HD int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
 }  // namespace td
 
-// Host-side CUDA call check for launchers: returns kLaunchFailed from the caller.
-#define TD_CUDA_TRY(expr)                          \
-  do {                                             \
-    if ((expr) != cudaSuccess) return td::kLaunchFailed; \
+// Host-side CUDA call check for launchers: on failure, records `what` (the kernel just
+// launched, or the API call) with the CUDA error and returns kLaunchFailed from the caller.
+// A sticky error (illegal address) is reported by the first check after the faulting kernel.
+#define TD_CUDA_TRY(expr, what)                                                                  \
+  do {                                                                                           \
+    const cudaError_t td_err_ = (expr);                                                          \
+    if (td_err_ != cudaSuccess)                                                                  \
+      return td::record_cuda_failure(what, cudaGetErrorName(td_err_), cudaGetErrorString(td_err_)); \
   } while (0)
 
 // TD_DISPATCH_FLOAT(code, T, ...): run the body with T the storage type of dtype code.

@@ -22,11 +22,11 @@ int CudaImpl::kv_write(const KvWriteArgs& a, bool commit, void* stream) {
     const int threads = (int)min64(256, ceil_div(units, 32) * 32);
     const dim3 grid((unsigned)(a.B * a.T), (unsigned)ceil_div(units, threads), 2);
     TD_DISPATCH_VEC(vb, V, kv_write_kernel<V><<<grid, threads, 0, s>>>(a));
-    TD_CUDA_TRY(cudaGetLastError());
+    TD_CUDA_TRY(cudaGetLastError(), "kv_write_kernel");
   }
   if (commit && a.B > 0) {
     kv_commit_kernel<<<(unsigned)ceil_div(a.B, 256), 256, 0, s>>>(const_cast<int32_t*>(a.cache_lens), a.q_lens, a.B);
-    TD_CUDA_TRY(cudaGetLastError());
+    TD_CUDA_TRY(cudaGetLastError(), "kv_commit_kernel");
   }
   return kOk;
 }
@@ -45,19 +45,19 @@ int CudaImpl::kv_compact(const KvCompactArgs& a, void* stream) {
   const dim3 grid((unsigned)ceil_div(units, threads), (unsigned)a.B, (unsigned)(a.layers * 2));
   const size_t smem = (size_t)(threads * per_thread);
   TD_DISPATCH_VEC(vb, V, kv_compact_kernel<V><<<grid, threads, smem, s>>>(a));
-  TD_CUDA_TRY(cudaGetLastError());
+  TD_CUDA_TRY(cudaGetLastError(), "kv_compact_kernel");
   return kOk;
 }
 
 int CudaImpl::paged_reserve(const PagedArgs& a, void* stream) {
   paged_reserve_kernel<<<1, 1, 0, static_cast<cudaStream_t>(stream)>>>(a);
-  TD_CUDA_TRY(cudaGetLastError());
+  TD_CUDA_TRY(cudaGetLastError(), "paged_reserve_kernel");
   return kOk;
 }
 
 int CudaImpl::paged_release(const PagedArgs& a, void* stream) {
   paged_release_kernel<<<1, 1, 0, static_cast<cudaStream_t>(stream)>>>(a);
-  TD_CUDA_TRY(cudaGetLastError());
+  TD_CUDA_TRY(cudaGetLastError(), "paged_release_kernel");
   return kOk;
 }
 
