@@ -5,6 +5,7 @@
 //   kGreedy     score = logit in native precision (double only for fp64 input)
 //   kSample     score = float32(logit) / T + gumbel(seed[b], v, t, SAMPLE, offset[b])
 //   kDiffusion  score = double(logit) - T * log(-log(double(u))), u on the DIFFUSION stream
+//               (product and difference rounded separately, as torch computes them)
 // Ties go to the lowest index; NaN beats everything (torch.argmax semantics).
 #pragma once
 #include "../common/philox.cuh"
@@ -46,8 +47,9 @@ struct Best {
   TD_HD void push(double v, int64_t i) { if (better(v, i, val, idx)) { val = v; idx = i; } }
 };
 
-// Online softmax statistics in double: m = running max, s = sum exp(x - m).
-// A NaN anywhere poisons both (as torch.softmax does).
+// Online softmax statistics in double: m = running max, s = sum exp(x - m), every
+// product and sum rounded on its own (no FMA), as on the host. A NaN anywhere poisons
+// both (as torch.softmax does).
 struct SoftStats {
   double m, s;
   TD_HD void init() { m = neg_inf(); s = 0.0; }
@@ -55,16 +57,16 @@ struct SoftStats {
     if (is_nan(m)) return;
     if (is_nan(x)) { m = x; s = x; return; }
     if (x == neg_inf()) return;
-    if (x > m) { s = s * exp_d(m - x) + 1.0; m = x; }
-    else s += exp_d(x - m);
+    if (x > m) { s = add_rn(mul_rn(s, exp_d(m - x)), 1.0); m = x; }
+    else s = add_rn(s, exp_d(x - m));
   }
   TD_HD void merge(double m2, double s2) {
     if (is_nan(m)) return;
     if (is_nan(m2)) { m = m2; s = m2; return; }
     if (m2 == neg_inf()) return;
     if (m == neg_inf()) { m = m2; s = s2; return; }
-    if (m2 > m) { s = s * exp_d(m - m2) + s2; m = m2; }
-    else s += s2 * exp_d(m2 - m);
+    if (m2 > m) { s = add_rn(mul_rn(s, exp_d(m - m2)), s2); m = m2; }
+    else s = add_rn(s, mul_rn(s2, exp_d(m2 - m)));
   }
 };
 
@@ -85,7 +87,7 @@ TD_HD double row_score(const RowScanArgs& a, T x, int64_t b, int64_t t, int64_t 
     return (double)(to_float(x) / (float)a.temperature +
                     philox_gumbel(a.seed[b], v, t, kSample, a.offset[b]));
   const double u = (double)philox_uniform(a.seed[b], v, t, kDiffusion, a.offset[b]);
-  return (double)to_acc(x) - a.temperature * log_d(-log_d(u));
+  return sub_rn((double)to_acc(x), mul_rn(a.temperature, log_d(-log_d(u))));
 }
 
 // Whole-row scan on the host (CPU build) or by one thread: the reference loop.

@@ -66,34 +66,81 @@ TD_HD double neg_inf() {
 TD_HD bool is_nan(float x) { return x != x; }
 TD_HD bool is_nan(double x) { return x != x; }
 
+// Separately rounded multiply / add / subtract. nvcc (and NVRTC) contract a * b + c into
+// one FMA by default, rounding once where torch and the Triton kernels (fp fusion off)
+// round twice; the _rn intrinsics are never contracted. The host build is not compiled
+// with FMA contraction (see csrc/README.md), so plain operators round the same there.
+TD_HD double mul_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+TD_HD double add_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+TD_HD double sub_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dsub_rn(a, b);
+#else
+  return a - b;
+#endif
+}
+
+#if defined(TD_OPAQUE_MATH) && defined(__CUDA_ARCH__)
+// Contraction check only (tests/cuda/test_nvcc_cpu.py, a relocatable build that is never
+// linked): the math library stays behind external calls, so builds with and without
+// -fmad=false differ only where this code's own arithmetic was fused.
+extern "C" __device__ float td_opaque_logf(float);
+extern "C" __device__ double td_opaque_log(double);
+extern "C" __device__ float td_opaque_expf(float);
+extern "C" __device__ double td_opaque_exp(double);
+#define TD_OPAQUE 1
+#else
+#define TD_OPAQUE 0
+#endif
 TD_HD float log_f(float x) {
-#if TD_CUDA
+#if TD_OPAQUE
+  return td_opaque_logf(x);
+#elif TD_CUDA
   return logf(x);
 #else
   return std::log(x);
 #endif
 }
 TD_HD double log_d(double x) {
-#if TD_CUDA
+#if TD_OPAQUE
+  return td_opaque_log(x);
+#elif TD_CUDA
   return log(x);
 #else
   return std::log(x);
 #endif
 }
 TD_HD float exp_f(float x) {
-#if TD_CUDA
+#if TD_OPAQUE
+  return td_opaque_expf(x);
+#elif TD_CUDA
   return expf(x);
 #else
   return std::exp(x);
 #endif
 }
 TD_HD double exp_d(double x) {
-#if TD_CUDA
+#if TD_OPAQUE
+  return td_opaque_exp(x);
+#elif TD_CUDA
   return exp(x);
 #else
   return std::exp(x);
 #endif
 }
+#undef TD_OPAQUE
 // Base-2 versions in the accumulator type (attention's online softmax).
 TD_HD float exp2_acc(float x) {
 #if defined(__CUDA_ARCH__)
