@@ -1,0 +1,12 @@
+"""Training of a small tri-mode model (the bundled one) with the family's joint objective.
+
+    python -m tridiff.train --out DIR [--minutes M] [--resume]
+
+corpus.py    the Python standard library's own sources, split by file
+tokenizer.py a byte-level BPE trained on the training split, special ids as released
+network.py   the same network as tridiff.model, differentiable, dense attention mask
+objective.py the two-stream layout, the masking schedule and the joint loss
+loop.py      the optimiser loop: progress, checkpoints, resume, export
+
+Uses tridiff.config, tridiff.rotary and tridiff.checkpoint; nothing below imports it.
+"""
