@@ -97,7 +97,12 @@ def scan(paths: list[str]) -> dict[str, tuple[str, tuple]]:
 
     found: dict[str, tuple[str, tuple]] = {}
     for path in paths:
-        with safe_open(path, framework="pt") as fh:
+        try:
+            fh = safe_open(path, framework="pt")
+        except Exception as exc:  # SafetensorError (not exported by every version) or OSError
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise CheckpointError(f"{path}: not a readable safetensors file ({reason})") from None
+        with fh:
             for name in fh.keys():
                 if name in found:
                     raise CheckpointError(f"{name}: stored twice ({os.path.basename(found[name][0])} "

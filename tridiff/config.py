@@ -171,7 +171,7 @@ class ModelConfig:
             "mask_token_id": self.mask_token_id,
             "eos_token_id": self.eos_token_id,
             "bos_token_id": self.bos_token_id,
-            "block_length": self.block_length,
+            "block_size": self.block_length,
             "dtype": "bfloat16",
         }
 
@@ -270,9 +270,17 @@ def _parse(raw: dict) -> ModelConfig:
         mask_token_id=need(raw, "mask_token_id"),
         eos_token_id=eos,
         bos_token_id=need(raw, "bos_token_id"),
-        block_length=raw.get("block_length", 32),
+        block_length=_block_size(raw),
         lora=LoraConfig(**lora) if isinstance(lora, dict) else None,
     )
+
+
+def _block_size(raw: dict) -> int:
+    """The released config class calls it block_size; block_length is read as an alias."""
+    size, alias = raw.get("block_size"), raw.get("block_length")
+    if size is not None and alias is not None and size != alias:
+        raise ConfigError(f"block_size: {size!r} disagrees with its alias block_length={alias!r}")
+    return size if size is not None else (alias if alias is not None else 32)
 
 
 # Released sizes (SPEC.md section 1) and a tiny one for CPU tests and demos.

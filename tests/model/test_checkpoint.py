@@ -259,3 +259,32 @@ def test_random_logits_are_not_degenerate(tiny_dir):
     assert len(set(logits.argmax(-1)[0].tolist())) > 5  # different argmax at different rows
     probs = logits.softmax(-1).max(-1).values
     assert 0.02 < float(probs.min()) and float(probs.max()) < 0.999  # confidences vary, not saturated
+
+
+def test_block_size_is_read_written_and_aliased(tmp_path):
+    """The released config class names the block length block_size; block_length is
+    an alias; both present and different is refused; tridiff writes block_size."""
+    cfg = preset("tiny", block_length=16).to_json_dict()
+    assert cfg["block_size"] == 16 and "block_length" not in cfg
+    assert ModelConfig.from_json(cfg).block_length == 16
+    alias = dict(cfg)
+    alias["block_length"] = alias.pop("block_size")
+    assert ModelConfig.from_json(alias).block_length == 16
+    assert ModelConfig.from_json({k: v for k, v in cfg.items() if k != "block_size"}).block_length == 32
+    with pytest.raises(ConfigError, match="block_size"):
+        ModelConfig.from_json(dict(cfg, block_length=8))
+    out = ckpt.write_random_checkpoint(tmp_path, preset("tiny", block_length=8), with_tokenizer=False)
+    with open(os.path.join(out, "config.json")) as fh:
+        assert json.load(fh)["block_size"] == 8
+    assert Model.from_pretrained(out).config.block_length == 8
+
+
+@pytest.mark.parametrize("content", [b"\xff" * 64, b"", b"{not json"], ids=["header-too-large", "empty", "garbage"])
+def test_corrupt_safetensors_file_is_one_clear_error(tmp_path, tiny_dir, content):
+    out = copy_checkpoint(tiny_dir, tmp_path / "ck")
+    path = os.path.join(out, ckpt.SINGLE_FILE)
+    with open(path, "wb") as fh:
+        fh.write(content)
+    with pytest.raises(ckpt.CheckpointError, match="model.safetensors: not a readable safetensors file") as err:
+        Model.from_pretrained(out)
+    assert len(str(err.value).splitlines()) == 1
