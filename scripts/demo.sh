@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Bootstrap .venv/ if needed, then run the demo: the bundled tiny default model
-# (random weights, written once to .tridiff-demo/) decoded in all four modes.
+# Bootstrap .venv/ if needed, then run the demo: the bundled trained model
+# completes held-out Python prompts in all four decoding modes (about a minute on CPU).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$root/scripts/bootstrap.sh"

@@ -128,34 +128,37 @@ def test_module_entry_point_subprocess(ckpt, tmp_path):
     assert "Traceback" not in bad.stderr
 
 
-def test_demo_writes_then_reuses_checkpoint(tmp_path, capsys, monkeypatch):
-    out_dir = tmp_path / "demo"
-    rc, out, err = _run(capsys, "demo", "--out", str(out_dir))
+def test_demo_on_the_bundled_model(capsys):
+    """The main job end to end: completions, then a table row per mode with its columns,
+    and each self-speculation row marked == AR (the exit status says so too)."""
+    rc, out, err = _run(capsys, "demo", "--max-new-tokens", "32")
     assert rc == 0, err
-    assert (out_dir / "config.json").is_file() and (out_dir / "tokenizer.json").is_file()
-    assert "wrote" in out and "random" in out
-    for mode in MODES:
-        assert f"\n{mode} " in out  # a table row per mode
-        assert f"\n{mode}: " in out  # and its decoded text
-    rows = {line.split()[0]: line.split()[1:3] for line in out.splitlines()
-            if line.split()[:1] and line.split()[0] in MODES}
-    assert set(rows) == set(MODES) and all(int(t) > 0 and int(n) > 0 for t, n in rows.values())
+    assert "on cpu" in out and "held-out prompts" in out
+    header = next(line for line in out.splitlines() if line.startswith("mode "))
+    assert header.split() == ["mode", "tokens", "NFE", "tok/fwd", "accepted", "tok/s", "vs", "AR"]
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()[:1] and
+            line.split()[0] in MODES and len(line.split()) >= 6}
+    assert set(rows) == set(MODES)
+    for mode in ("linear-spec", "quadratic-spec"):
+        assert rows[mode][-2:] == ["==", "AR"] and float(rows[mode][4]) >= 1.0
+    assert rows["ar"][-1].endswith("x") and float(rows["ar"][3]) == 1.0
+    assert out.count("--- AR (and linear/quadratic self-speculation, identical):") >= 3
 
-    # Second run: the checkpoint is reused, not rewritten (decoding stubbed out: the
-    # first run already exercised it, and it is the slow part on a CPU).
-    import tridiff.generate as gen
 
-    calls = []
+def test_generate_defaults_to_the_bundled_model_and_linear_spec(capsys):
+    rc, out, err = _run(capsys, "generate", "--prompt", "def main():\n", "--max-new-tokens", "8", "--json")
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert doc["mode"] == "linear-spec" and len(doc["results"][0]["tokens"]) >= 8
 
-    def fake_generate(model, prompts, **kw):
-        calls.append(kw["mode"])
-        row = gen.RowResult(prompt_ids=prompts[0], tokens=[5, 6], nfe=2, tokens_per_forward=1.0,
-                            mean_accepted=None)
-        return gen.GenerateOutput(mode=kw["mode"], results=[row], seconds=0.0)
 
-    monkeypatch.setattr(gen, "generate", fake_generate)
-    mtime = os.path.getmtime(out_dir / "model.safetensors")
-    rc, out2, err = _run(capsys, "demo", "--out", str(out_dir))
-    assert rc == 0 and "reusing" in out2 and "wrote" not in out2
-    assert os.path.getmtime(out_dir / "model.safetensors") == mtime
-    assert calls == MODES
+def test_generate_corrupt_checkpoint_is_one_line(tmp_path, ckpt, capsys):
+    import shutil
+
+    d = tmp_path / "bad"
+    shutil.copytree(ckpt, d)
+    (d / "model.safetensors").write_bytes(b"\xff" * 32)
+    rc, out, err = _run(capsys, "generate", "--model", str(d), "--prompt-ids", "1,2", "--mode", "ar")
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "model.safetensors" in err and "not a readable safetensors file" in err
+

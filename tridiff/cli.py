@@ -1,10 +1,13 @@
 """Command line: `tridiff generate ...` and `tridiff demo` (also `python -m tridiff.cli`).
 
-    tridiff generate --model DIR (--prompt TEXT | --prompt-ids 1,2,3 [--prompt-ids ...])
-                     --mode {ar,diffusion,linear-spec,quadratic-spec} [--max-new-tokens N]
+    tridiff generate (--prompt TEXT | --prompt-ids 1,2,3 [--prompt-ids ...]) [--model DIR|NAME]
+                     [--mode {ar,diffusion,linear-spec,quadratic-spec}] [--max-new-tokens N]
                      [--block-length L] [--threshold X] [--temperature T] [--seed S]
                      [--device cpu|cuda] [--dtype float32|float16|bfloat16] [--json]
-    tridiff demo [--out DIR]
+    tridiff demo [--model DIR|NAME] [--max-new-tokens N]
+
+--model defaults to the bundled trained model (tridiff.models.DEFAULT), --mode to
+linear-spec.
 
 --json prints exactly one JSON object (other tools parse it):
     {"mode", "results": [{"prompt_ids", "tokens", "text", "nfe", "tokens_per_forward",
@@ -17,10 +20,7 @@ import argparse
 import json
 import os
 import sys
-import time
 
-DEMO_DIR = ".tridiff-demo"
-DEMO_PROMPT = "The quick brown fox"
 DEFAULT_THRESHOLD = {"diffusion": 0.9, "linear-spec": 0.0}
 MODES = ("ar", "diffusion", "linear-spec", "quadratic-spec")
 
@@ -40,13 +40,14 @@ def _parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     g = sub.add_parser("generate", help="generate from a checkpoint directory")
-    g.add_argument("--model", required=True, help="checkpoint directory (config.json + *.safetensors)")
+    g.add_argument("--model", default=None, help="checkpoint directory (config.json + *.safetensors) or the "
+                                                 "name of a bundled model (default: the bundled one)")
     src = g.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", action="append",
                      help="text prompt (needs tokenizer.json); repeat for a batch")
     src.add_argument("--prompt-ids", action="append", type=_ids,
                      help="comma-separated token ids; repeat for a batch")
-    g.add_argument("--mode", required=True, choices=MODES)
+    g.add_argument("--mode", default="linear-spec", choices=MODES)
     g.add_argument("--max-new-tokens", type=int, default=64)
     g.add_argument("--block-length", type=int, default=None, help="default: the config's block_length (32)")
     g.add_argument("--threshold", type=float, default=None,
@@ -65,8 +66,9 @@ def _parser() -> argparse.ArgumentParser:
                         "CUDA model (falls back to eager with a warning), on = required, off = eager")
     g.add_argument("--json", action="store_true", help="print one JSON object")
 
-    d = sub.add_parser("demo", help="write a tiny random checkpoint and run all four modes")
-    d.add_argument("--out", default=DEMO_DIR, help=f"checkpoint cache directory (default ./{DEMO_DIR})")
+    d = sub.add_parser("demo", help="complete held-out Python prompts with the bundled model in all four modes")
+    d.add_argument("--model", default=None, help="checkpoint directory or bundled model name (default: bundled)")
+    d.add_argument("--max-new-tokens", type=int, default=64, help="a multiple of the block (16)")
     return top
 
 
@@ -84,7 +86,9 @@ def main(argv=None) -> int:
     try:
         args = _parser().parse_args(argv)
         if args.command == "demo":
-            return _demo(args.out)
+            from tridiff.demo import run_demo
+
+            return run_demo(_resolve_model(args.model), args.max_new_tokens)
         return _generate(args)
     except UsageError as exc:
         print(str(exc).splitlines()[0] if str(exc) else "tridiff: bad arguments", file=sys.stderr)
@@ -93,6 +97,17 @@ def main(argv=None) -> int:
         msg = " ".join(str(exc).split()) or type(exc).__name__
         print(f"tridiff: error: {msg}", file=sys.stderr)
         return 2
+
+
+def _resolve_model(model) -> str:
+    """A checkpoint directory, else the name of a bundled model; None: the default one."""
+    from tridiff import models
+
+    if model is None:
+        return models.path()
+    if os.path.isdir(model) or os.sep in model or model.startswith("."):
+        return model
+    return models.path(model) if model in models.available() else model
 
 
 def _load(model_dir, device, dtype):
@@ -124,6 +139,7 @@ def _generate(args) -> int:
     from tridiff.generate import generate
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args.model = _resolve_model(args.model)
     model = _load(args.model, device, args.dtype)
     _warm_imports()
     tok = _tokenizer(args.model)
@@ -174,39 +190,6 @@ def _model_dtype(model):
     if dtype is None:
         dtype = next(model.parameters()).dtype
     return dtype
-
-
-def _demo(out_dir) -> int:
-    from tridiff.checkpoint import write_random_checkpoint
-    from tridiff.generate import generate
-
-    if not os.path.isfile(os.path.join(out_dir, "config.json")):
-        os.makedirs(out_dir, exist_ok=True)
-        write_random_checkpoint(out_dir, "tiny", seed=0, with_tokenizer=True)
-        print(f"wrote a tiny random checkpoint (seed 0) to {out_dir}")
-    else:
-        print(f"reusing the checkpoint in {out_dir}")
-    model = _load(out_dir, "cpu", "float32")
-    _warm_imports()
-    tok = _tokenizer(out_dir)
-    prompt = tok.encode(DEMO_PROMPT)
-    # Short blocks keep the quadratic forward (L*(L+1) rows) small on a CPU.
-    L, new = 8, 16
-    runs = [("ar", None), ("diffusion", 0.9), ("linear-spec", 0.0), ("quadratic-spec", None)]
-    print(f"prompt {DEMO_PROMPT!r} -> {len(prompt)} ids; block {L}, up to {new} new tokens, greedy")
-    print("NOTE: the weights are random, so the text is gibberish; the table shows the decoding "
-          "machinery (forwards, acceptance), not model quality.")
-    print(f"{'mode':<16}{'tokens':>7}{'NFE':>6}{'tok/fwd':>9}{'seconds':>9}")
-    texts = []
-    for mode, thr in runs:
-        t0 = time.perf_counter()
-        r = generate(model, [prompt], mode=mode, max_new_tokens=new, block_length=L, threshold=thr).results[0]
-        dt = time.perf_counter() - t0
-        print(f"{mode:<16}{len(r.tokens):>7}{r.nfe:>6}{r.tokens_per_forward:>9.2f}{dt:>9.3f}")
-        texts.append((mode, tok.decode(r.tokens)))
-    for mode, text in texts:
-        print(f"{mode}: {text!r}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ def _heldout_texts() -> list[tuple[str, str]]:
 
 def code_prompts(tok, count: int, *, seed: int = 0, min_tokens: int = 48, max_tokens: int = 160) -> list[dict]:
     """`count` prompts, each whole lines of one held-out file (at most one prompt per
-    file while files last), starting at a line start, ending after a newline, between
-    min_tokens and max_tokens long. A prompt at the file's start gets bos."""
+    file while files last), from a line start to the end of a line (its newline
+    excluded), between min_tokens and max_tokens long. A prompt at the file's start
+    gets bos."""
     rnd = random.Random(seed)
     files = [(name, text.splitlines(keepends=True)) for name, text in _heldout_texts()]
     files = [(n, lines) for n, lines in files if len(lines) > 40]
@@ -35,6 +36,10 @@ def code_prompts(tok, count: int, *, seed: int = 0, min_tokens: int = 48, max_to
         while end < len(lines) and len(tok.encode(text, add_bos=False)) < min_tokens:
             text += lines[end]
             end += 1
+        # End on the line's last character, not its newline: a newline and the next
+        # line's indentation are one token, so a prompt ending in a bare newline asks
+        # for a token boundary the model never saw mid-file.
+        text = text.rstrip("\n")
         ids = tok.encode(text, add_bos=start == 0)
         if not min_tokens <= len(ids) <= max_tokens or end >= len(lines):
             continue
