@@ -2,6 +2,7 @@
 # One-call GPU run: build, GPU tests, quick benchmarks, summary table printed last.
 #
 #   bash bench/gpu_suite.sh OUTDIR
+#   bash bench/gpu_suite.sh --test-commands   # the test stages' pytest arguments, one stage a line
 #
 # For an H100/H200 machine with no network (python3 3.12, torch 2.11 cu130, triton 3.6,
 # nvcc 13.0). Whole run held under SUITE_SECONDS (default 450 s, inside an 8-minute
@@ -10,6 +11,28 @@
 # attention.jsonl, kv_cache.jsonl, accept.jsonl, e2e.jsonl, e2e_targets.jsonl,
 # skipped.jsonl, summary.txt.
 set -uo pipefail
+
+# GPU tests, two stages: the CUDA extension's tests/cuda first (no Triton compiles), then
+# every other test with a [triton] / [cuda] id in three shards run side by side
+# (bench/run_shards.py), since each Triton kernel variant compiles from a cold cache and one
+# pytest process compiles them one after another. Left out: slow tests and the CPU-only
+# sm_90a compile checks (marker compile_check). bench.report_now prints each failure as it
+# happens, so a stage killed by its timeout keeps them; -rf repeats them at the end.
+TEST_OPTS=(-m "not slow and not compile_check" -k "triton or cuda" -p no:cacheprovider -p bench.report_now
+           -q -rf --tb=short --maxfail=10)
+TESTS_CUDA=(-m pytest tests/cuda "${TEST_OPTS[@]}")
+SHARDS=("tests/triton" "tests/ops" "tests --ignore=tests/cuda --ignore=tests/triton --ignore=tests/ops")
+SHARD_ARGS=()
+for s in "${SHARDS[@]}"; do SHARD_ARGS+=(--shard "$s"); done
+TESTS_REST=(-m bench.run_shards "${SHARD_ARGS[@]}" -- "${TEST_OPTS[@]}")
+if [[ "${1:-}" == "--test-commands" ]]; then  # one pytest run a line: tests/cuda, then each shard
+    printf '%q ' "${TESTS_CUDA[@]}"; echo
+    for s in "${SHARDS[@]}"; do
+        # shellcheck disable=SC2086 # a shard is its paths, split on spaces
+        printf '%q ' -m pytest $s "${TEST_OPTS[@]}"; echo
+    done
+    exit 0
+fi
 
 OUT="${1:?usage: bench/gpu_suite.sh OUTDIR}"
 mkdir -p "$OUT"
@@ -69,8 +92,11 @@ for b in _dispatch.BACKENDS:
     print(f"backend {b}: {'available' if not why else why}")
 EOF
 
-# 2. GPU tests: the compiled backends' tests (ids carry [triton] / [cuda]).
-stage tests 75 "$PY" -m pytest tests -q -m "not slow" -k "triton or cuda" --maxfail=10 -p no:cacheprovider
+# 2. GPU tests (see TEST_OPTS above). Sized from a CPU dry run of the collection
+#    (`--collect-only -p bench.gpu_collect`, as a CUDA machine collects): 48 tests in
+#    tests/cuda; 157 + 242 + 90 in the three shards, about 230 of them [triton] cases.
+stage tests-cuda 45 "$PY" "${TESTS_CUDA[@]}"
+stage tests 120 "$PY" "${TESTS_REST[@]}"
 
 # 3. Benchmarks, quick mode; --budget-s stops starting new shapes early enough to write rows.
 bench() {  # bench MODULE MAX_SECONDS
