@@ -18,8 +18,9 @@ set -uo pipefail
 # pytest process compiles them one after another. Left out: slow tests and the CPU-only
 # sm_90a compile checks (marker compile_check). bench.report_now prints each failure as it
 # happens, so a stage killed by its timeout keeps them; -rf repeats them at the end.
+# -v: one line per finished test, so the log of a killed stage shows how far it got.
 TEST_OPTS=(-m "not slow and not compile_check" -k "triton or cuda" -p no:cacheprovider -p bench.report_now
-           -q -rf --tb=short --maxfail=10)
+           -v -rf --tb=short --maxfail=10)
 TESTS_CUDA=(-m pytest tests/cuda "${TEST_OPTS[@]}")
 SHARDS=("tests/triton" "tests/ops" "tests --ignore=tests/cuda --ignore=tests/triton --ignore=tests/ops")
 SHARD_ARGS=()
@@ -94,7 +95,8 @@ EOF
 
 # 2. GPU tests (see TEST_OPTS above). Sized from a CPU dry run of the collection
 #    (`--collect-only -p bench.gpu_collect`, as a CUDA machine collects): 48 tests in
-#    tests/cuda; 157 + 242 + 90 in the three shards, about 230 of them [triton] cases.
+#    tests/cuda (no Triton); shards of 157 / 246 / 90 tests with 157 / 123 / 16 [triton]
+#    cases, each new kernel variant ~0.3-3 s of compiling (sm_90a compile test on CPU).
 stage tests-cuda 45 "$PY" "${TESTS_CUDA[@]}"
 stage tests 120 "$PY" "${TESTS_REST[@]}"
 

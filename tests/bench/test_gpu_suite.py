@@ -18,8 +18,8 @@ def _stages():
 def _collect(args, *extra):
     """Node ids that `python <args>` would run, collected only."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # tests/conftest.py decides
-    quiet = [] if "-q" in args else ["-q"]  # -qq would list files, not node ids
-    r = subprocess.run([sys.executable, *args, "--collect-only", *quiet, *extra], cwd=ROOT, env=env,
+    args = [a for a in args if a not in ("-q", "-v")]  # -q once: one node id a line
+    r = subprocess.run([sys.executable, *args, "--collect-only", "-q", *extra], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     return [line for line in r.stdout.splitlines() if "::" in line]
