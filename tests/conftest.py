@@ -20,7 +20,7 @@ def backends_serving(op: str):
     """Backends that implement `op` at all: the torch reference always, the GPU backends
     only where a GPU can run them (on CPU, Triton's interpreter has its own tiny-shape
     tests in tests/triton). Backends lacking `op` are left out rather than skipped."""
-    names = ["torch", "cpp"] + (["triton", "cuda"] if torch.cuda.is_available() else [])
+    names = ["torch", "cpp", "sdpa"] + (["triton", "cuda"] if torch.cuda.is_available() else [])
     served = []
     for name in names:
         mod = _dispatch.backend_module(name)

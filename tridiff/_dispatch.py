@@ -26,6 +26,7 @@ BACKEND_MODULES = {
     "triton": "tridiff.triton",
     "cuda": "tridiff.cuda",
     "cpp": "tridiff.cpp",
+    "sdpa": "tridiff.sdpa",   # attention only, CPU: torch SDPA with the mode mask
 }
 BACKENDS = tuple(BACKEND_MODULES)
 OPS = ("attention", "kv_write_", "kv_append_", "kv_commit_", "kv_rollback_", "kv_compact_",
@@ -50,10 +51,14 @@ AUTO_ORDER_PER_OP: dict[str, dict[str, tuple[str, ...]]] = {
     # flip a threshold or top-k decision. Token parity with the reference wins on CPU
     # (torch is also 2-5x faster there: [4, 32, V] fp32 41-49 vs 175-227 ms).
     "diffusion_confidence": {"cpu": ("torch",)},
-    # CPU: the C++ attention is 2.5x slower than the torch reference on 3B verify shapes
-    # (measured: 134 vs 54 ms, 32 tokens over a 4k cache). CUDA: the hand-written kernel
-    # has not yet run on a GPU; Triton goes first until tests/cuda pass there.
-    "attention": {"cpu": ("torch", "cpp"), "cuda": ("triton", "cuda", "torch")},
+    # CPU: SDPA with the mode mask over the committed keys (tridiff.sdpa) is the fastest
+    # at every decoding shape measured by bench/bench_cpu_attention.py (1-32 rows, caches
+    # 32-160, the two bench_cpu_e2e models; bench/NOTES.md "CPU attention per shape"):
+    # 3-8x the reference, 1-7x the C++ kernel. The C++ kernel beats the reference only at
+    # short caches and is 2.5x slower on 3B verify shapes (134 vs 54 ms, 32 tokens over a
+    # 4k cache), so it goes last. CUDA: the hand-written kernel has not yet run on a GPU;
+    # Triton goes first until tests/cuda pass there.
+    "attention": {"cpu": ("sdpa", "torch", "cpp"), "cuda": ("triton", "cuda", "torch")},
     # CPU, metadata only (B int32 lengths): both take 3-8 us, ratio 0.94-1.08 -- noise.
     "kv_commit_": {"cpu": ("torch", "cpp")},
     "kv_rollback_": {"cpu": ("torch", "cpp")},
@@ -157,6 +162,14 @@ def resolve(op: str, backend: str, device: torch.device, args: tuple, kwargs: di
         if why_not(name, op, args, kwargs) is None:
             return name
     return "torch"
+
+
+def traced() -> bool:
+    """Whether torch.compile is tracing or a dispatch mode (FakeTensorMode, ...) is active.
+    Then an op must run through its torch.library registration (schema + fake
+    implementation); otherwise calling the backend function directly is the same
+    computation without the dispatcher's per-call cost."""
+    return torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0
 
 
 def implementation(op: str, backend: str):

@@ -1,0 +1,147 @@
+"""The "sdpa" backend: attention on CPU through torch's scaled_dot_product_attention with
+the mode mask, over the committed keys only.
+
+Serves `attention` (same signature as tridiff.reference.attention, the definition of
+truth it is tested against) for CPU tensors. It computes the same function as the
+reference, differently:
+
+  * keys: the committed slots [0, max_b P_b) of the cache and the new tokens, not the
+    whole capacity; the cache is neither copied whole nor upcast (SDPA accumulates half
+    inputs in fp32 itself). When every row has the same committed length and writes
+    its K/V into a contiguous cache (decoding one sequence), the new K/V are written
+    first and the keys are read from the cache in place, without a concatenation;
+  * GQA: the query heads of one KV head are stacked as extra query rows of that head
+    ([B, Hkv, group * Tq, D]), so K/V are never repeated per query head;
+  * one mask per forward: `attention_prepare` builds the [B, Tq, keys] mask (from
+    tridiff.reference.attention.visibility, restricted to those keys), the K/V write
+    indices and the layout once, and returns the per-layer function that
+    tridiff.ops.attention_plan calls for every layer. A mask that hides nothing (one
+    row decoding causally) is dropped, which lets SDPA take its unmasked path.
+
+Rows past q_lens[b] (they see nothing) attend to everything inside SDPA and are zeroed
+afterwards, as the reference returns zeros there. The longest committed length and
+"is any row padded" are read on the host once per prepare: free on CPU, a device sync
+elsewhere, which is why this backend serves CPU tensors only.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from tridiff.reference.attention import visibility
+
+
+def unavailable():
+    return None
+
+
+def supports_attention(q, k, v, k_cache, v_cache, cache_lens, modes, mode_args, q_lens, block_table,
+                       softmax_scale, write_kv):
+    for t in (q, k, v, k_cache, v_cache, cache_lens):
+        if t.device.type != "cpu":
+            return (f"the sdpa backend reads the longest committed length on the host, so it takes "
+                    f"CPU tensors only (got {t.device})")
+    return None
+
+
+def attention(q, k, v, k_cache, v_cache, cache_lens, modes, mode_args, q_lens, block_table,
+              softmax_scale, write_kv):
+    run = attention_prepare(q, k, v, k_cache, v_cache, cache_lens, modes, mode_args, q_lens, block_table,
+                            softmax_scale, write_kv)
+    return run(q, k, v, k_cache, v_cache)
+
+
+def attention_prepare(q, k, v, k_cache, v_cache, cache_lens, modes, mode_args, q_lens, block_table,
+                      softmax_scale, write_kv):
+    """The per-layer attention function for these metadata (see the module docstring)."""
+    B, Tq, Hq, D = q.shape
+    Hkv = k.shape[2]
+    group = Hq // Hkv
+    if B == 0 or Tq == 0:
+        return lambda q, k, v, k_cache, v_cache: torch.zeros_like(q)
+    P = cache_lens.long()
+    n = q_lens.long()
+    p_max = int(P.max())
+    valid = torch.arange(Tq)[None, :] < n[:, None]                               # [B, Tq]
+    padded = not bool(valid.all())
+    if Tq == 1:
+        # One new token sees the committed keys and itself, whatever the mode.
+        if int(P.min()) == p_max:
+            mask = None
+        else:
+            mask = torch.cat([torch.arange(p_max)[None, :] < P[:, None], valid], dim=1)[:, None]
+    else:
+        mask = visibility(cache_lens, modes, mode_args, q_lens, Tq, p_max)        # [B, Tq, p_max + Tq]
+    if mask is not None and padded:
+        mask = mask | ~valid[:, :, None]
+    if mask is None or bool(mask.all()):
+        attn_mask = None
+    else:   # query row (g, i) of KV head h is query head h * group + g at token i
+        attn_mask = mask[:, None, None].expand(B, 1, group, Tq, p_max + Tq).reshape(B, 1, group * Tq, -1)
+    zero_rows = ~valid[:, :, None, None] if padded else None
+    committed = _committed_reader(k_cache, block_table, B, p_max)
+    write = _writer(k_cache, block_table, P, n, Tq) if write_kv else None
+    # Every row committed the same length and writes its new keys into a contiguous
+    # cache: they land at slots p_max.., right where the concatenation would put them,
+    # so write first and read keys [0, p_max + Tq) of the cache in place (no copy).
+    in_place = write is not None and block_table is None and int(P.min()) == p_max
+    scale = float(softmax_scale)
+
+    def run(q, k, v, k_cache, v_cache):
+        if in_place:
+            write(k_cache, k)
+            write(v_cache, v)
+            keys, vals = k_cache[:, :p_max + Tq], v_cache[:, :p_max + Tq]
+        elif p_max:
+            keys, vals = torch.cat([committed(k_cache), k], dim=1), torch.cat([committed(v_cache), v], dim=1)
+        else:
+            keys, vals = k, v
+        # [B, Tq, Hkv, group, D] -> [B, Hkv, group * Tq, D]
+        qg = q.view(B, Tq, Hkv, group, D).permute(0, 2, 3, 1, 4).reshape(B, Hkv, group * Tq, D)
+        o = F.scaled_dot_product_attention(qg, keys.transpose(1, 2), vals.transpose(1, 2),
+                                           attn_mask=attn_mask, scale=scale)
+        out = o.view(B, Hkv, group, Tq, D).permute(0, 3, 1, 2, 4).reshape(B, Tq, Hq, D)
+        if zero_rows is not None:
+            out = out.masked_fill(zero_rows, 0.0)
+        if write is not None and not in_place:
+            write(k_cache, k)
+            write(v_cache, v)
+        return out
+
+    return run
+
+
+def _committed_reader(cache, block_table, B: int, p_max: int):
+    """cache -> [B, p_max, Hkv, D]: a view of a contiguous cache, a gather of the pages
+    holding positions < p_max of a paged one."""
+    if block_table is None:
+        return lambda c: c[:, :p_max]
+    page = cache.shape[1]
+    need = -(-p_max // page)
+    pages = block_table[:, :need].long().clamp(min=0)   # unallocated (-1) pages are never visible
+    return lambda c: c[pages].reshape(B, need * page, *c.shape[2:])[:, :p_max]
+
+
+def _writer(cache, block_table, P, n, Tq: int):
+    """(cache, new) -> None storing new[b, :n[b]] at positions P[b].. of row b, as
+    tridiff.reference._slots.write_rows does; the indices are built once here."""
+    B = P.shape[0]
+    i = torch.arange(Tq)[None, :].expand(B, Tq)
+    rows = torch.arange(B)[:, None].expand(B, Tq)
+    pos = P[:, None] + i
+    take = i < n[:, None]
+    everything = bool(take.all())
+    if not everything:
+        rows, i, pos = rows[take], i[take], pos[take]
+        if rows.numel() == 0:
+            return lambda cache, new: None
+    if block_table is None:
+        index = (rows, pos)
+    else:
+        page = cache.shape[1]
+        index = (block_table.long()[rows, torch.div(pos, page, rounding_mode="floor")], pos % page)
+
+    def write(cache, new):
+        cache.index_put_(index, (new if everything else new[rows, i]).to(cache.dtype))
+
+    return write
