@@ -6,7 +6,9 @@ tensors; for CUDA tensors they copy a few integers to the host unless disabled w
 TRIDIFF_CHECK_VALUES=0, and they are skipped automatically while a CUDA graph is
 being captured or torch.compile is tracing (a host copy is impossible there).
 Every check runs before an op writes anything, so a refused call leaves all
-memory as it was.
+memory as it was. A loop that validated its own arguments once (tridiff.generate) runs
+in trusted(cpu=True), which skips the value checks of CPU tensors too: its ops then do
+shape/dtype checks only, and no Python-side value check runs per step or per layer.
 """
 from __future__ import annotations
 
@@ -22,15 +24,18 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 INDEX_DTYPES = (torch.int32, torch.int64)
 
 
+# False (check everything), "device" (skip device tensors) or "all" (skip CPU tensors too)
 _trusted = contextvars.ContextVar("tridiff_trusted_inputs", default=False)
 
 
 @contextlib.contextmanager
-def trusted():
+def trusted(cpu: bool = False):
     """Scope whose op inputs tridiff itself produced (the decoding loop): value checks
     on device tensors are skipped there, so an iteration makes no host round trip.
-    CPU tensors are still checked (it costs nothing)."""
-    token = _trusted.set(True)
+    CPU tensors are still checked (a host read is free there) unless cpu=True: then
+    they are skipped as well, for a loop whose arguments were validated once up front
+    (the checks would cost Python time on every op call of every step)."""
+    token = _trusted.set("all" if cpu else "device")
     try:
         yield
     finally:
@@ -64,11 +69,14 @@ def shape(arg: str, x: torch.Tensor, expected: tuple) -> None:
 
 def values_checkable(x: torch.Tensor) -> bool:
     """Whether value checks (which read tensor contents on the host) run for `x`."""
-    if _tracing():
+    if torch.compiler.is_compiling():   # first: Dynamo cannot trace ContextVar.get
+        return False
+    trust = _trusted.get()
+    if trust == "all" or _tracing():
         return False
     if x.device.type == "cpu":
         return True
-    if os.environ.get("TRIDIFF_CHECK_VALUES", "1") == "0" or _trusted.get():
+    if os.environ.get("TRIDIFF_CHECK_VALUES", "1") == "0" or trust:
         return False
     if x.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
         return False

@@ -24,6 +24,7 @@ from torch import nn
 
 from tridiff import _checks as chk
 from tridiff import ops
+from tridiff.ops.attention import attention_plan
 from tridiff import checkpoint as ckpt
 from tridiff.cache import KVCache, PagedKVCache
 from tridiff.config import ModelConfig
@@ -34,27 +35,43 @@ KV_MODES = ("none", "write", "commit")
 
 
 class _Weight(nn.Module):
-    """A module holding one weight, so parameter names read like the checkpoint's."""
+    """A module holding one weight, so parameter names read like the checkpoint's.
+    `of`: hold that tensor itself (a view into a fused weight) instead of a new one."""
 
-    def __init__(self, *shape, dtype, device):
+    def __init__(self, *shape, dtype=None, device=None, of: Optional[torch.Tensor] = None):
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(shape, dtype=dtype, device=device), requires_grad=False)
+        data = of if of is not None else torch.empty(shape, dtype=dtype, device=device)
+        self.weight = nn.Parameter(data, requires_grad=False)
+
+
+def _stacked(parts, c_hidden: int, dtype, device) -> list:
+    """One [sum(rows), hidden] tensor, returned as the row blocks of `parts` (row counts):
+    parameters made from these blocks are views of it, so filling them fills it."""
+    whole = torch.empty(sum(parts), c_hidden, dtype=dtype, device=device)
+    return list(whole.split(parts, dim=0))
 
 
 class _Attention(nn.Module):
+    """q_proj/k_proj/v_proj are row blocks of one [q + 2 kv, hidden] weight (see
+    Model.fused), so one GEMM computes all three."""
+
     def __init__(self, c: ModelConfig, dtype, device):
         super().__init__()
-        self.q_proj = _Weight(c.q_size, c.hidden_size, dtype=dtype, device=device)
-        self.k_proj = _Weight(c.kv_size, c.hidden_size, dtype=dtype, device=device)
-        self.v_proj = _Weight(c.kv_size, c.hidden_size, dtype=dtype, device=device)
+        q, k, v = _stacked((c.q_size, c.kv_size, c.kv_size), c.hidden_size, dtype, device)
+        self.q_proj = _Weight(of=q)
+        self.k_proj = _Weight(of=k)
+        self.v_proj = _Weight(of=v)
         self.o_proj = _Weight(c.hidden_size, c.q_size, dtype=dtype, device=device)
 
 
 class _MLP(nn.Module):
+    """gate_proj/up_proj are row blocks of one [2 * intermediate, hidden] weight."""
+
     def __init__(self, c: ModelConfig, dtype, device):
         super().__init__()
-        self.gate_proj = _Weight(c.intermediate_size, c.hidden_size, dtype=dtype, device=device)
-        self.up_proj = _Weight(c.intermediate_size, c.hidden_size, dtype=dtype, device=device)
+        gate, up = _stacked((c.intermediate_size, c.intermediate_size), c.hidden_size, dtype, device)
+        self.gate_proj = _Weight(of=gate)
+        self.up_proj = _Weight(of=up)
         self.down_proj = _Weight(c.hidden_size, c.intermediate_size, dtype=dtype, device=device)
 
 
@@ -80,6 +97,34 @@ class _LoraLayer(nn.Module):
         super().__init__()
         self.lora_A = _Weight(rank, c.q_size, dtype=dtype, device=device)
         self.lora_B = _Weight(c.hidden_size, rank, dtype=dtype, device=device)
+
+
+def _rows_of_one(parts) -> Optional[torch.Tensor]:
+    """The [sum of rows, cols] tensor that `parts` are consecutive row blocks of (same
+    storage, contiguous, in order), as a view; None if they are not."""
+    first = parts[0]
+    storage = first.untyped_storage()
+    ptr, es = first.data_ptr(), first.element_size()
+    for p in parts:
+        if (p.dtype != first.dtype or p.device != first.device or not p.is_contiguous()
+                or p.data_ptr() != ptr or p.untyped_storage().data_ptr() != storage.data_ptr()):
+            return None
+        ptr += p.numel() * es
+    rows = sum(p.shape[0] for p in parts)
+    if (first.storage_offset() + rows * first.shape[1]) * es > storage.nbytes():
+        return None
+    return first.as_strided((rows, first.shape[1]), (first.shape[1], 1))
+
+
+def _fuse(params) -> torch.Tensor:
+    """The stacked weight of `params` (row blocks); if they are not already views of one
+    tensor, stack them into a new one and re-point every parameter at its block."""
+    whole = _rows_of_one(params)
+    if whole is None:
+        whole = torch.cat([p.detach() for p in params], dim=0)
+        for p, block in zip(params, whole.split([p.shape[0] for p in params], dim=0)):
+            p.data = block
+    return whole
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -114,6 +159,7 @@ class Model(nn.Module):
         if config.lora is not None:
             self._add_adapter(config.lora.rank)
         self._inv_freq = None  # rotary inverse frequencies, see inv_freq
+        self._fused: dict = {}  # layer -> (parameter addresses, w_qkv, w_gate_up), see fused
 
     # ---- construction ---------------------------------------------------------------------
 
@@ -139,6 +185,39 @@ class Model(nn.Module):
         if f is None or f.device != self.device or f.dtype != want:
             f = self._inv_freq = yarn_inv_freq(self.config, self.dtype, device=self.device)
         return f
+
+    # ---- fused projections ----------------------------------------------------------------
+
+    def fused(self, i: int, layer: Optional[nn.Module] = None):
+        """(w_qkv [q_size + 2 kv_size, hidden], w_gate_up [2 intermediate, hidden]) of layer
+        i: the tensors whose row blocks are its q/k/v_proj and gate/up_proj parameters, so
+        one GEMM computes q, k and v and one computes gate and up.
+
+        The parameters keep the checkpoint names and shapes (state_dict, loading and
+        init_random_ are unchanged); they are views of these tensors, so each weight is
+        in memory once. Anything that gives a parameter new storage (load_state_dict with
+        assign=True, param.data = ...) is noticed here by address, and the blocks are
+        stacked again with the parameters re-pointed at the new tensor."""
+        layer = layer if layer is not None else self.encoder.layers[i]
+        a, m = layer.self_attn, layer.mlp
+        qkv = (a.q_proj.weight, a.k_proj.weight, a.v_proj.weight)
+        gu = (m.gate_proj.weight, m.up_proj.weight)
+        key = tuple(p.data_ptr() for p in qkv + gu)
+        hit = self._fused.get(i)
+        if hit is not None and hit[0] == key:
+            return hit[1], hit[2]
+        w_qkv, w_gu = _fuse(qkv), _fuse(gu)
+        self._fused[i] = (tuple(p.data_ptr() for p in qkv + gu), w_qkv, w_gu)
+        return w_qkv, w_gu
+
+    def _apply(self, fn, recurse=True):
+        # model.to(...)/.double()/.cuda() convert every parameter on its own: stack the
+        # converted blocks again right away, so memory never holds them twice for long.
+        out = super()._apply(fn, recurse)
+        self._fused = {}
+        for i in range(len(self.encoder.layers)):
+            self.fused(i)
+        return out
 
     @property
     def has_adapter(self) -> bool:
@@ -281,30 +360,32 @@ class Model(nn.Module):
         cos, sin = cos_sin(positions, self.inv_freq, c.attention_factor, dtype)
         q_scale = llama4_query_scale(positions, c.llama_4_scaling_beta, c.original_max_position_embeddings, dtype)
 
+        Hq, Hkv, I = c.num_attention_heads, c.num_key_value_heads, c.intermediate_size
         x = F.embedding(tokens, self.encoder.embed_tokens.weight)
+        attention = None   # one ops.attention plan serves every layer (checked once)
         for i, layer in enumerate(self.encoder.layers):
-            attn = layer.self_attn
+            w_qkv, w_gu = self.fused(i, layer)
             h = rms_norm(x, layer.input_layernorm.weight, c.rms_norm_eps)
-            q = F.linear(h, attn.q_proj.weight).view(B, T, c.num_attention_heads, c.head_dim)
-            k = F.linear(h, attn.k_proj.weight).view(B, T, c.num_key_value_heads, c.head_dim)
-            v = F.linear(h, attn.v_proj.weight).view(B, T, c.num_key_value_heads, c.head_dim)
-            q = apply_rotary(q, cos, sin) * q_scale  # llama-4 scale AFTER rotary
-            k = apply_rotary(k, cos, sin)
+            qkv = F.linear(h, w_qkv).view(B, T, Hq + 2 * Hkv, c.head_dim)
+            qk = apply_rotary(qkv[:, :, :Hq + Hkv], cos, sin)   # q and k heads in one pass
+            q = qk[:, :, :Hq] * q_scale  # llama-4 scale AFTER rotary
+            k, v = qk[:, :, Hq:], qkv[:, :, Hq + Hkv:]
             k_cache, v_cache = cache.layer(i)
-            o = ops.attention(q, k, v, k_cache, v_cache, cache.lens, modes, mode_args=mode_args,
-                              q_lens=q_lens, block_table=cache.block_table, write_kv=write,
-                              backend=backend)
-            o = o.reshape(B, T, c.q_size)
-            out = F.linear(o, attn.o_proj.weight)
+            if attention is None:
+                attention = attention_plan(q, k, v, k_cache, v_cache, cache.lens, modes,
+                                           mode_args=mode_args, q_lens=q_lens,
+                                           block_table=cache.block_table, write_kv=write,
+                                           backend=backend)
+            o = attention(q, k, v, k_cache, v_cache).reshape(B, T, c.q_size)
+            out = F.linear(o, layer.self_attn.o_proj.weight)
             if use_lora:
                 lora = self.linear_spec_lora[i]
                 delta = F.linear(F.linear(o, lora.lora_A.weight), lora.lora_B.weight)
                 out = out + delta * c.lora.scale
             x = x + out
             h = rms_norm(x, layer.post_attention_layernorm.weight, c.rms_norm_eps)
-            mlp = layer.mlp
-            x = x + F.linear(F.silu(F.linear(h, mlp.gate_proj.weight)) * F.linear(h, mlp.up_proj.weight),
-                             mlp.down_proj.weight)
+            gu = F.linear(h, w_gu)
+            x = x + F.linear(F.silu(gu[..., :I]) * gu[..., I:], layer.mlp.down_proj.weight)
         x = rms_norm(x, self.encoder.norm.weight, c.rms_norm_eps)
         logits = F.linear(x, self.diffusion_head.weight)
 

@@ -57,6 +57,68 @@ def attention(q, k, v, k_cache, v_cache, cache_lens, modes, *, mode_args=None, q
     return run("attention", backend, q.device, args, _attention_op)
 
 
+def attention_plan(q, k, v, k_cache, v_cache, cache_lens, modes, *, mode_args=None, q_lens=None,
+                   block_table=None, softmax_scale=None, write_kv=False, backend="auto") -> "AttentionPlan":
+    """`attention` for the layers of one forward, checked once.
+
+        plan = attention_plan(q0, k0, v0, k_cache0, v_cache0, cache_lens, modes, ...)
+        out_i = plan(q_i, k_i, v_i, k_cache_i, v_cache_i)     # == attention(q_i, ..., same kwargs)
+
+    Every argument is validated here exactly as `attention` validates it (shapes, dtypes,
+    devices, then values) and the backend is resolved once. A call then only compares
+    its five tensors' shapes, strides, dtypes and devices with the checked ones (raising
+    TridiffInputError naming the first that differs, before anything is written) and
+    runs the backend: the metadata (cache_lens, modes, mode_args, q_lens, block_table) is
+    the one given here and must not change between calls. A backend may define
+    `attention_prepare(*args)` returning a per-call function of (q, k, v, k_cache,
+    v_cache) that reuses work shared by every layer (its mask, its cache indices).
+    Under torch.compile every call goes through the registered torch.library op."""
+    args = normalize_attention_args(q, k, v, k_cache, v_cache, cache_lens, modes, mode_args,
+                                    q_lens, block_table, softmax_scale, write_kv)
+    name = _dispatch.resolve("attention", backend, q.device, args, {})
+    return AttentionPlan(name, args)
+
+
+def _layout(t: torch.Tensor) -> tuple:
+    return t.shape, t.stride(), t.dtype, t.device
+
+
+_PLAN_ARGS = ("q", "k", "v", "k_cache", "v_cache")
+
+
+class AttentionPlan:
+    """See attention_plan."""
+
+    def __init__(self, backend: str, args: tuple):
+        self.backend = backend
+        self.args = args
+        self._meta = args[5:]
+        self._layouts = tuple(_layout(t) for t in args[:5])
+        self._fn = None
+
+    def _function(self):
+        impl = _dispatch.implementation("attention", self.backend)
+        prepare = getattr(_dispatch.backend_module(self.backend), "attention_prepare", None)
+        if prepare is not None:
+            return prepare(*self.args)
+        meta = self._meta
+        return lambda q, k, v, k_cache, v_cache: impl(q, k, v, k_cache, v_cache, *meta)
+
+    def __call__(self, q, k, v, k_cache, v_cache):
+        tensors = (q, k, v, k_cache, v_cache)
+        for name, t, want in zip(_PLAN_ARGS, tensors, self._layouts):
+            if not isinstance(t, torch.Tensor) or _layout(t) != want:
+                got = f"shape {tuple(t.shape)}, strides {t.stride()}, {t.dtype} on {t.device}" \
+                    if isinstance(t, torch.Tensor) else type(t).__name__
+                chk.fail(name, f"shape {tuple(want[0])}, strides {want[1]}, {want[2]} on {want[3]} "
+                         "(the layout this attention plan was checked for)", got)
+        if _dispatch.traced():
+            return _attention_op(*tensors, *self._meta, self.backend)
+        if self._fn is None:
+            self._fn = self._function()
+        return self._fn(*tensors)
+
+
 def normalize_attention_args(q, k, v, k_cache, v_cache, cache_lens, modes, mode_args, q_lens,
                              block_table, softmax_scale, write_kv) -> tuple:
     """Validate everything (shapes, dtypes, devices, then values) and return the

@@ -1,0 +1,99 @@
+"""Fused projections: q/k/v_proj and gate/up_proj are row blocks of one tensor per layer
+(Model.fused), so one GEMM computes each group, while parameter names, shapes, loading
+and state_dict stay the checkpoint's and every weight is in memory once."""
+import pytest
+import torch
+
+from tridiff import Mode
+from tridiff.checkpoint import expected_shapes, random_tensors
+from tridiff.model import Model
+from tests.model.support import tiny_config
+
+
+def _model(dtype=torch.float64, seed=0):
+    return Model(tiny_config(), dtype=dtype).init_random_(seed)
+
+
+def _logits(model, seed=1):
+    c = model.config
+    toks = torch.randint(0, c.vocab_size, (2, 9), generator=torch.Generator().manual_seed(seed))
+    return model(toks, model.new_cache(2, 16), modes=Mode.CAUSAL)
+
+
+def _unique_storage_bytes(model):
+    seen = {}
+    for p in model.parameters():
+        s = p.untyped_storage()
+        seen[s.data_ptr()] = s.nbytes()
+    return sum(seen.values())
+
+
+def _check_views(model):
+    c = model.config
+    for i, layer in enumerate(model.encoder.layers):
+        w_qkv, w_gu = model.fused(i)
+        a, m = layer.self_attn, layer.mlp
+        assert w_qkv.shape == (c.q_size + 2 * c.kv_size, c.hidden_size)
+        assert w_gu.shape == (2 * c.intermediate_size, c.hidden_size)
+        starts = (0, c.q_size, c.q_size + c.kv_size)
+        for s, p in zip(starts, (a.q_proj.weight, a.k_proj.weight, a.v_proj.weight)):
+            assert p.data_ptr() == w_qkv[s].data_ptr()   # the same memory, not a copy
+        for s, p in zip((0, c.intermediate_size), (m.gate_proj.weight, m.up_proj.weight)):
+            assert p.data_ptr() == w_gu[s].data_ptr()
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert _unique_storage_bytes(model) == params, "a weight is held twice"
+
+
+def test_names_and_shapes_are_the_checkpoints_and_weights_are_fused_views():
+    model = _model()
+    c = model.config
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == expected_shapes(c)
+    _check_views(model)
+    want = random_tensors(c, seed=0, dtype=torch.float32)
+    w_qkv, w_gu = model.fused(1)
+    pre = "encoder.layers.1."
+    assert torch.equal(w_qkv, torch.cat([want[pre + f"self_attn.{n}_proj.weight"] for n in "qkv"]).double())
+    assert torch.equal(w_gu, torch.cat([want[pre + f"mlp.{n}_proj.weight"] for n in ("gate", "up")]).double())
+
+
+def test_from_pretrained_fills_the_fused_weights(tmp_path):
+    from tridiff.checkpoint import write_random_checkpoint
+
+    write_random_checkpoint(tmp_path, tiny_config(), seed=4, dtype=torch.float32, with_tokenizer=False)
+    loaded = Model.from_pretrained(tmp_path, dtype=torch.float64)
+    _check_views(loaded)
+    assert torch.equal(_logits(loaded), _logits(_model(seed=4)))
+
+
+def test_in_place_edit_of_one_projection_reaches_the_fused_gemm():
+    model, other = _model(), _model()
+    before = _logits(model)
+    model.encoder.layers[0].self_attn.k_proj.weight.mul_(2.0)
+    model.encoder.layers[1].mlp.up_proj.weight.mul_(0.5)
+    state = other.state_dict()
+    state["encoder.layers.0.self_attn.k_proj.weight"] = state["encoder.layers.0.self_attn.k_proj.weight"] * 2.0
+    state["encoder.layers.1.mlp.up_proj.weight"] = state["encoder.layers.1.mlp.up_proj.weight"] * 0.5
+    other.load_state_dict(state)   # copies into the existing (fused) storage
+    _check_views(other)
+    after = _logits(model)
+    assert not torch.equal(after, before)
+    assert torch.equal(after, _logits(other))
+
+
+def test_load_state_dict_assign_restacks_the_new_tensors():
+    model, source = _model(seed=0), _model(seed=2)
+    _logits(model)   # the fused views of the old storage are cached now
+    state = {k: v.clone() for k, v in source.state_dict().items()}
+    model.load_state_dict(state, assign=True)
+    assert torch.equal(_logits(model), _logits(source))
+    _check_views(model)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dtype_conversion_keeps_one_copy_and_the_same_logits(dtype):
+    model = _model(torch.float64).to(dtype)
+    assert model.dtype == dtype
+    _check_views(model)
+    fresh = Model(tiny_config(), dtype=dtype)
+    fresh.load_state_dict(_model(torch.float64).state_dict())
+    assert torch.equal(_logits(model), _logits(fresh))
