@@ -1,8 +1,9 @@
 """The "sdpa" backend: attention on CPU through torch's scaled_dot_product_attention with
-the mode mask, over the committed keys only.
+the mode mask, over the committed keys only; every other op is the torch reference's
+(re-exported, so backend="sdpa" can run a whole forward or a whole decoding loop).
 
-Serves `attention` (same signature as tridiff.reference.attention, the definition of
-truth it is tested against) for CPU tensors. It computes the same function as the
+Its `attention` (same signature as tridiff.reference.attention, the definition of truth
+it is tested against) serves CPU tensors. It computes the same function as the
 reference, differently:
 
   * keys: the committed slots [0, max_b P_b) of the cache and the new tokens, not the
@@ -28,6 +29,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from tridiff.reference import (  # noqa: F401  (the reference serves every op but attention)
+    accept_linear, accept_quadratic, accept_rejection, diffusion_confidence, diffusion_unmask,
+    kv_append_, kv_commit_, kv_compact_, kv_rollback_, kv_write_, paged_release_, paged_reserve_, sample,
+)
 from tridiff.reference.attention import visibility
 
 

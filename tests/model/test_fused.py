@@ -97,3 +97,24 @@ def test_dtype_conversion_keeps_one_copy_and_the_same_logits(dtype):
     fresh = Model(tiny_config(), dtype=dtype)
     fresh.load_state_dict(_model(torch.float64).state_dict())
     assert torch.equal(_logits(model), _logits(fresh))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("N,K", [(1536, 256), (512, 96), (100, 64)], ids=["blocks", "two-blocks", "fallback"])
+@pytest.mark.parametrize("lead", [(1, 1), (2, 1), (1, 4), (5, 1), (2, 9)])
+def test_projection_within_twice_f_linear_error(dtype, N, K, lead):
+    """tridiff.model.linear (batched GEMV for few CPU rows) against the fp64 product:
+    error <= 2x F.linear's own in the same dtype; same shape, dtype and layout."""
+    import torch.nn.functional as F
+
+    from tridiff.model import linear
+
+    g = torch.Generator().manual_seed(N + K + sum(lead))
+    x64 = torch.randn(*lead, K, generator=g, dtype=torch.float64)
+    w64 = torch.randn(N, K, generator=g, dtype=torch.float64)
+    x, w = x64.to(dtype), w64.to(dtype)
+    truth = x.double() @ w.double().T
+    got, base = linear(x, w), F.linear(x, w)
+    assert got.shape == base.shape and got.dtype == dtype and got.is_contiguous()
+    e, b = (got.double() - truth).abs().max().item(), (base.double() - truth).abs().max().item()
+    assert e <= 2 * b + 1e-12, f"error {e} > 2 x F.linear's {b}"
