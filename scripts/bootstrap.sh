@@ -23,6 +23,9 @@ if [ "$(cat "$stamp_file" 2>/dev/null)" != "$stamp_now" ]; then
     # --no-build-isolation: build against the torch just installed (an isolated
     # build would see no torch and compile nothing).
     echo "bootstrap: installing tridiff (editable)"
-    .venv/bin/python -m pip install -q --no-build-isolation --no-deps -e .
+    # setuptools reports every editable install of a package-dir mapping (ours maps
+    # kernels/ to tridiff.kernels) through an information-only warning; silence just that.
+    PYTHONWARNINGS="ignore:Editable installation" \
+        .venv/bin/python -m pip install -q --no-build-isolation --no-deps -e .
     echo "$stamp_now" > "$stamp_file"
 fi
