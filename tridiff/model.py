@@ -29,7 +29,7 @@ from tridiff import checkpoint as ckpt
 from tridiff.cache import KVCache, PagedKVCache
 from tridiff.config import ModelConfig
 from tridiff.modes import Mode
-from tridiff.rotary import apply_rotary, cos_sin, llama4_query_scale, math_dtype, yarn_inv_freq
+from tridiff.rotary import cos_sin, llama4_query_scale, math_dtype, yarn_inv_freq
 
 KV_MODES = ("none", "write", "commit")
 
@@ -141,16 +141,23 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     in another order: results differ from F.linear by float rounding only."""
     K = x.shape[-1]
     rows = x.numel() // K if K else 0
-    if 0 < rows <= GEMV_ROWS and x.device.type == "cpu" and x.dtype in _GEMV_DTYPES:
+    if 0 < rows <= GEMV_ROWS and x.device.type == "cpu" and x.dtype in _GEMV_DTYPES and x.is_contiguous():
         N = weight.shape[0]
-        blocks = _gemv_blocks(N)
+        blocks = _GEMV_BLOCKS.get(N)
+        if blocks is None:
+            blocks = _GEMV_BLOCKS[N] = _gemv_blocks(N)
         if blocks and weight.is_contiguous():
-            xt = x.reshape(rows, K).t()   # [K, rows]; this layout takes bmm's fast path
-            y = torch.bmm(weight.view(blocks, N // blocks, K), xt.unsqueeze(0).expand(blocks, K, rows))
+            # x^T [K, rows] (strides 1, K: the layout that takes bmm's fast path), the same
+            # for every block (stride 0)
+            xt = x.as_strided((blocks, K, rows), (0, 1, K))
+            y = torch.bmm(weight.view(blocks, N // blocks, K), xt)
             if rows > 1:   # [blocks, N/blocks, rows] -> [rows, N], contiguous like F.linear's
                 y = y.permute(2, 0, 1).contiguous()
             return y.view(*x.shape[:-1], N)
     return F.linear(x, weight)
+
+
+_GEMV_BLOCKS: dict = {}
 
 
 def _gemv_blocks(N: int) -> int:
@@ -162,11 +169,52 @@ def _gemv_blocks(N: int) -> int:
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """weight * x / rms(x), the statistics in fp32 (fp64 for fp64), as transformers does."""
+    """weight * x / rms(x), the statistics in fp32 (fp64 for fp64), as transformers does.
+    For fp32/fp64 that is exactly F.rms_norm (one call instead of six: the same operations
+    in the same dtype; tests/model/test_fused.py checks them bit for bit)."""
+    if x.dtype in _GEMV_DTYPES:
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     xf = x.to(acc)
     xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     return weight * xf.to(x.dtype)
+
+
+def attention_inputs(x, ln, w_qkv, cos, sin, q_scale, eps: float, heads: tuple):
+    """One layer up to attention: RMS norm, the fused q/k/v GEMM, rotary on q and k
+    (one pass over both), the llama-4 query scale after rotary. -> q, k, v [B, T, H, D]."""
+    B, T = x.shape[:2]
+    Hq, Hkv, D = heads
+    h = rms_norm(x, ln, eps)
+    qk, v = linear(h, w_qkv).view(B, T, Hq + 2 * Hkv, D).split((Hq + Hkv, Hkv), dim=2)
+    q, k = _rotate(qk, cos, sin).split((Hq, Hkv), dim=2)
+    return q * q_scale, k, v
+
+
+def block_output(x, o, w_o, lora_a, lora_b, lora_scale: float, ln, w_gu, w_down, eps: float):
+    """One layer after attention: o_proj (+ the LoRA delta when lora_a is given), residual,
+    RMS norm, the fused gate/up GEMM, SiLU-gated down projection, residual."""
+    out = linear(o, w_o)
+    if lora_a is not None:
+        out = out + linear(linear(o, lora_a), lora_b) * lora_scale
+    x = x + out
+    h = rms_norm(x, ln, eps)
+    gate, up = linear(h, w_gu).chunk(2, dim=-1)
+    return x + linear(F.silu(gate) * up, w_down)
+
+
+def _rotary_tables(cos: torch.Tensor, sin: torch.Tensor):
+    """cos, sin [B, T, D] -> [B, T, 1, D] tables for _rotate, made once per forward: sin
+    carries rotate_half's sign (its first half negated)."""
+    half = sin.shape[-1] // 2
+    signed = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+    return cos[:, :, None, :], signed[:, :, None, :]
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """tridiff.rotary.apply_rotary, bit for bit: rotate_half(x) * sin = [-x2, x1] * sin
+    = roll(x, D/2) * [-sin1, sin2] (a sign moved between exact factors)."""
+    return x * cos + torch.roll(x, x.shape[-1] // 2, dims=-1) * signed_sin
 
 
 def default_dtype(device) -> torch.dtype:
@@ -392,18 +440,16 @@ class Model(nn.Module):
         use_lora = adapter and self.has_adapter
         dtype = self.dtype
         cos, sin = cos_sin(positions, self.inv_freq, c.attention_factor, dtype)
+        cos, sin = _rotary_tables(cos, sin)
         q_scale = llama4_query_scale(positions, c.llama_4_scaling_beta, c.original_max_position_embeddings, dtype)
 
-        Hq, Hkv, I = c.num_attention_heads, c.num_key_value_heads, c.intermediate_size
+        heads = (c.num_attention_heads, c.num_key_value_heads, c.head_dim)
+        eps, lora_scale = c.rms_norm_eps, (c.lora.scale if use_lora else 0.0)
         x = F.embedding(tokens, self.encoder.embed_tokens.weight)
         attention = None   # one ops.attention plan serves every layer (checked once)
         for i, layer in enumerate(self.encoder.layers):
             w_qkv, w_gu = self.fused(i, layer)
-            h = rms_norm(x, layer.input_layernorm.weight, c.rms_norm_eps)
-            qkv = linear(h, w_qkv).view(B, T, Hq + 2 * Hkv, c.head_dim)
-            qk = apply_rotary(qkv[:, :, :Hq + Hkv], cos, sin)   # q and k heads in one pass
-            q = qk[:, :, :Hq] * q_scale  # llama-4 scale AFTER rotary
-            k, v = qk[:, :, Hq:], qkv[:, :, Hq + Hkv:]
+            q, k, v = attention_inputs(x, layer.input_layernorm.weight, w_qkv, cos, sin, q_scale, eps, heads)
             k_cache, v_cache = cache.layer(i)
             if attention is None:
                 attention = attention_plan(q, k, v, k_cache, v_cache, cache.lens, modes,
@@ -411,15 +457,12 @@ class Model(nn.Module):
                                            block_table=cache.block_table, write_kv=write,
                                            backend=backend)
             o = attention(q, k, v, k_cache, v_cache).reshape(B, T, c.q_size)
-            out = linear(o, layer.self_attn.o_proj.weight)
+            lora_a = lora_b = None
             if use_lora:
                 lora = self.linear_spec_lora[i]
-                delta = linear(linear(o, lora.lora_A.weight), lora.lora_B.weight)
-                out = out + delta * c.lora.scale
-            x = x + out
-            h = rms_norm(x, layer.post_attention_layernorm.weight, c.rms_norm_eps)
-            gu = linear(h, w_gu)
-            x = x + linear(F.silu(gu[..., :I]) * gu[..., I:], layer.mlp.down_proj.weight)
+                lora_a, lora_b = lora.lora_A.weight, lora.lora_B.weight
+            x = block_output(x, o, layer.self_attn.o_proj.weight, lora_a, lora_b, lora_scale,
+                             layer.post_attention_layernorm.weight, w_gu, layer.mlp.down_proj.weight, eps)
         x = rms_norm(x, self.encoder.norm.weight, c.rms_norm_eps)
         logits = linear(x, self.diffusion_head.weight)
 

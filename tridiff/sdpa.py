@@ -20,9 +20,9 @@ reference, differently:
     row decoding causally) is dropped, which lets SDPA take its unmasked path.
 
 Rows past q_lens[b] (they see nothing) attend to everything inside SDPA and are zeroed
-afterwards, as the reference returns zeros there. The longest committed length and
-"is any row padded" are read on the host once per prepare: free on CPU, a device sync
-elsewhere, which is why this backend serves CPU tensors only.
+afterwards, as the reference returns zeros there. cache_lens and q_lens are read on the
+host once per prepare (the longest committed length sizes the keys): free on CPU, a
+device sync elsewhere, which is why this backend serves CPU tensors only.
 """
 from __future__ import annotations
 
@@ -64,14 +64,14 @@ def attention_prepare(q, k, v, k_cache, v_cache, cache_lens, modes, mode_args, q
     group = Hq // Hkv
     if B == 0 or Tq == 0:
         return lambda q, k, v, k_cache, v_cache: torch.zeros_like(q)
+    lens, counts = cache_lens.tolist(), q_lens.tolist()   # the host reads (B integers each)
+    p_max, same_p, padded = max(lens), min(lens) == max(lens), min(counts) < Tq
     P = cache_lens.long()
     n = q_lens.long()
-    p_max = int(P.max())
-    valid = torch.arange(Tq)[None, :] < n[:, None]                               # [B, Tq]
-    padded = not bool(valid.all())
+    valid = torch.arange(Tq)[None, :] < n[:, None] if padded or not same_p else None   # [B, Tq]
     if Tq == 1:
         # One new token sees the committed keys and itself, whatever the mode.
-        if int(P.min()) == p_max:
+        if same_p:
             mask = None
         else:
             mask = torch.cat([torch.arange(p_max)[None, :] < P[:, None], valid], dim=1)[:, None]
@@ -89,7 +89,7 @@ def attention_prepare(q, k, v, k_cache, v_cache, cache_lens, modes, mode_args, q
     # Every row committed the same length and writes its new keys into a contiguous
     # cache: they land at slots p_max.., right where the concatenation would put them,
     # so write first and read keys [0, p_max + Tq) of the cache in place (no copy).
-    in_place = write is not None and block_table is None and int(P.min()) == p_max
+    in_place = write is not None and block_table is None and same_p
     scale = float(softmax_scale)
 
     def run(q, k, v, k_cache, v_cache):
@@ -101,11 +101,16 @@ def attention_prepare(q, k, v, k_cache, v_cache, cache_lens, modes, mode_args, q
             keys, vals = torch.cat([committed(k_cache), k], dim=1), torch.cat([committed(v_cache), v], dim=1)
         else:
             keys, vals = k, v
-        # [B, Tq, Hkv, group, D] -> [B, Hkv, group * Tq, D]
-        qg = q.view(B, Tq, Hkv, group, D).permute(0, 2, 3, 1, 4).reshape(B, Hkv, group * Tq, D)
+        if Tq == 1:   # [B, 1, Hq, D] is [B, Hkv, group, D] already
+            qg = q.reshape(B, Hkv, group, D)
+        else:         # [B, Tq, Hkv, group, D] -> [B, Hkv, group * Tq, D]
+            qg = q.reshape(B, Tq, Hkv, group, D).permute(0, 2, 3, 1, 4).reshape(B, Hkv, group * Tq, D)
         o = F.scaled_dot_product_attention(qg, keys.transpose(1, 2), vals.transpose(1, 2),
                                            attn_mask=attn_mask, scale=scale)
-        out = o.view(B, Hkv, group, Tq, D).permute(0, 3, 1, 2, 4).reshape(B, Tq, Hq, D)
+        if Tq == 1:
+            out = o.reshape(B, 1, Hq, D)
+        else:
+            out = o.reshape(B, Hkv, group, Tq, D).permute(0, 3, 1, 2, 4).reshape(B, Tq, Hq, D)
         if zero_rows is not None:
             out = out.masked_fill(zero_rows, 0.0)
         if write is not None and not in_place:
@@ -131,6 +136,11 @@ def _writer(cache, block_table, P, n, Tq: int):
     """(cache, new) -> None storing new[b, :n[b]] at positions P[b].. of row b, as
     tridiff.reference._slots.write_rows does; the indices are built once here."""
     B = P.shape[0]
+    if B == 1 and block_table is None:   # one row: a slice copy, no index tensors
+        p, count = P.tolist()[0], n.tolist()[0]
+        if count == 0:
+            return lambda cache, new: None
+        return lambda cache, new: cache[:, p:p + count].copy_(new[:, :count])
     i = torch.arange(Tq)[None, :].expand(B, Tq)
     rows = torch.arange(B)[:, None].expand(B, Tq)
     pos = P[:, None] + i
@@ -147,6 +157,6 @@ def _writer(cache, block_table, P, n, Tq: int):
         index = (block_table.long()[rows, torch.div(pos, page, rounding_mode="floor")], pos % page)
 
     def write(cache, new):
-        cache.index_put_(index, (new if everything else new[rows, i]).to(cache.dtype))
+        cache.index_put_(index, new if everything else new[rows, i])
 
     return write
