@@ -118,3 +118,49 @@ def test_projection_within_twice_f_linear_error(dtype, N, K, lead):
     assert got.shape == base.shape and got.dtype == dtype and got.is_contiguous()
     e, b = (got.double() - truth).abs().max().item(), (base.double() - truth).abs().max().item()
     assert e <= 2 * b + 1e-12, f"error {e} > 2 x F.linear's {b}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_per_layer_rotary_and_norm_are_the_plain_formulas_bit_for_bit(dtype):
+    """The forward's rotary (roll with a signed sin table) and RMS norm (F.rms_norm for
+    fp32/fp64) give exactly tridiff.rotary.apply_rotary and transformers' formula."""
+    from tridiff.model import _rotary_tables, _rotate, rms_norm
+    from tridiff.rotary import apply_rotary
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 5, 6, 32, generator=g).to(dtype)
+    cos, sin = (torch.randn(2, 5, 32, generator=g).to(dtype) for _ in range(2))
+    assert torch.equal(_rotate(x, *_rotary_tables(cos, sin)), apply_rotary(x, cos, sin))
+    h = (torch.randn(3, 7, 96, generator=g) * 3).to(dtype)
+    w = (1 + 0.1 * torch.randn(96, generator=g)).to(dtype)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    xf = h.to(acc)
+    want = w * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-5)).to(dtype)
+    assert torch.equal(rms_norm(h, w, 1e-5), want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_position_tables_are_the_rotary_and_scale_formulas(dtype):
+    """Forwards with default positions gather cos/sin/query-scale rows from per-position
+    tables: each row must be exactly what the formulas give at that position (positions
+    past the llama-4 threshold included), and the tables grow when a cache needs more."""
+    from tridiff.model import _rotary_tables
+    from tridiff.rotary import cos_sin, llama4_query_scale
+
+    model = _model(dtype)
+    c = model.config
+    pos = torch.tensor([[0, 1, 63, 64, 65, 127, 128, 300], [7, 8, 9, 10, 11, 12, 13, 14]])
+    size, cos_t, sin_t, scale_t = model._position_tables(301)
+    assert size >= 301
+    cos, sin = _rotary_tables(*cos_sin(pos, model.inv_freq, c.attention_factor, dtype))
+    scale = llama4_query_scale(pos, c.llama_4_scaling_beta, c.original_max_position_embeddings, dtype)
+    assert torch.equal(cos_t[pos], cos) and torch.equal(sin_t[pos], sin) and torch.equal(scale_t[pos], scale)
+    assert model._position_tables(5 * size)[0] >= 5 * size
+    # a forward over positions 290.. (default positions) equals one given them explicitly
+    cache_a, cache_b = model.new_cache(1, 300), model.new_cache(1, 300)
+    cache_a.lens.fill_(290)
+    cache_b.lens.fill_(290)
+    toks = torch.tensor([[5, 6, 7]])
+    got = model(toks, cache_a)
+    want = model(toks, cache_b, positions=torch.tensor([[290, 291, 292]]))
+    assert torch.equal(got, want)
