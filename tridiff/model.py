@@ -127,25 +127,29 @@ def _fuse(params) -> torch.Tensor:
     return whole
 
 
-# Rows at or below which a CPU projection runs as a batched GEMV (see linear).
-GEMV_ROWS = 4
-_GEMV_DTYPES = (torch.float32, torch.float64)
+# Rows (tokens) up to which a CPU projection runs as one batched GEMM over row blocks of
+# the weight (see linear): every decoding forward (1 row per AR step, 16-36 for drafts,
+# verifies, QUADRATIC(4) and short prefills); longer prefills take F.linear.
+BMM_ROWS = 128
+_BMM_DTYPES = (torch.float32, torch.float64)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """F.linear(x, weight) (no bias). On CPU, for at most GEMV_ROWS rows of fp32/fp64, the
+    """F.linear(x, weight) (no bias). On CPU, for at most BMM_ROWS rows of fp32/fp64, the
     weight [N, K] is read as b blocks of N/b rows and multiplied in one torch.bmm with
-    x^T broadcast over the blocks: measured on the 2-core EPYC at 30-32 GB/s of weights
-    against 12-21 GB/s for F.linear's GEMV (bench/NOTES.md, "Batched GEMV"), and 2x the
-    GFLOP/s at 2-4 rows; from 16 rows F.linear's GEMM is faster. Same products, summed
-    in another order: results differ from F.linear by float rounding only."""
+    x^T broadcast over the blocks. Measured on the 2-core EPYC (bench/NOTES.md, "Batched
+    GEMV"): one row streams weights at 30 GB/s (1 thread) / 50-59 GB/s (2 threads)
+    against 12-21 GB/s for F.linear's GEMV, which uses one thread; 16-128 rows run at
+    1.1-1.7x F.linear's GFLOP/s with 2 threads (0.9-1.1x with one). Same products,
+    summed in another order: results differ from F.linear by float rounding only."""
     K = x.shape[-1]
     rows = x.numel() // K if K else 0
-    if 0 < rows <= GEMV_ROWS and x.device.type == "cpu" and x.dtype in _GEMV_DTYPES and x.is_contiguous():
+    if 0 < rows <= BMM_ROWS and x.device.type == "cpu" and x.dtype in _BMM_DTYPES and x.is_contiguous():
         N = weight.shape[0]
-        blocks = _GEMV_BLOCKS.get(N)
+        key = (N, rows > 4)
+        blocks = _BMM_BLOCKS.get(key)
         if blocks is None:
-            blocks = _GEMV_BLOCKS[N] = _gemv_blocks(N)
+            blocks = _BMM_BLOCKS[key] = _bmm_blocks(N, (256, 512, 128) if rows <= 4 else (128, 256, 512))
         if blocks and weight.is_contiguous():
             # x^T [K, rows] (strides 1, K: the layout that takes bmm's fast path), the same
             # for every block (stride 0)
@@ -157,12 +161,13 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return F.linear(x, weight)
 
 
-_GEMV_BLOCKS: dict = {}
+_BMM_BLOCKS: dict = {}
 
 
-def _gemv_blocks(N: int) -> int:
-    """Blocks of 128-512 rows (a divisor of N, at least 2 blocks), or 0 (use F.linear)."""
-    for r in (256, 512, 128):
+def _bmm_blocks(N: int, sizes) -> int:
+    """N / r for the first block size r in `sizes` dividing N into at least 2 blocks, or
+    0 (F.linear). 256-row blocks stream one row fastest, 128-row blocks several rows."""
+    for r in sizes:
         if N % r == 0 and N // r >= 2:
             return N // r
     return 0
@@ -172,7 +177,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """weight * x / rms(x), the statistics in fp32 (fp64 for fp64), as transformers does.
     For fp32/fp64 that is exactly F.rms_norm (one call instead of six: the same operations
     in the same dtype; tests/model/test_fused.py checks them bit for bit)."""
-    if x.dtype in _GEMV_DTYPES:
+    if x.dtype in _BMM_DTYPES:
         return F.rms_norm(x, (x.shape[-1],), weight, eps)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     xf = x.to(acc)

@@ -101,9 +101,10 @@ def test_dtype_conversion_keeps_one_copy_and_the_same_logits(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("N,K", [(1536, 256), (512, 96), (100, 64)], ids=["blocks", "two-blocks", "fallback"])
-@pytest.mark.parametrize("lead", [(1, 1), (2, 1), (1, 4), (5, 1), (2, 9)])
+@pytest.mark.parametrize("lead", [(1, 1), (2, 1), (1, 4), (5, 1), (2, 9), (1, 128), (3, 50)])
 def test_projection_within_twice_f_linear_error(dtype, N, K, lead):
-    """tridiff.model.linear (batched GEMV for few CPU rows) against the fp64 product:
+    """tridiff.model.linear (one batched GEMM over weight row blocks for up to BMM_ROWS
+    CPU rows; (3, 50) = 150 rows takes F.linear) against the fp64 product:
     error <= 2x F.linear's own in the same dtype; same shape, dtype and layout."""
     import torch.nn.functional as F
 
