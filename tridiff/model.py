@@ -9,8 +9,14 @@ straight to tridiff.ops.attention) and the positions differ. Projections, norms,
 rotary and the MLP are plain torch; attention and every KV-cache mutation go through
 tridiff.ops, never a backend directly.
 
+Per layer: q/k/v is one GEMM and gate/up is one GEMM (Model.fused); CPU projections of
+up to BMM_ROWS tokens run as one batched GEMM over row blocks of the weight (linear);
+attention is checked and its backend resolved once per forward (ops attention_plan),
+not once per layer; rotary and the llama-4 query scale come from per-position tables.
+
 Parameter names equal the checkpoint names (encoder.layers.{i}.self_attn.q_proj.weight,
-..., diffusion_head.weight), so model.state_dict() is a checkpoint.
+..., diffusion_head.weight), so model.state_dict() is a checkpoint; q/k/v_proj and
+gate/up_proj are views into the fused tensors, so each weight is in memory once.
 """
 from __future__ import annotations
 
@@ -151,12 +157,16 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if blocks is None:
             blocks = _BMM_BLOCKS[key] = _bmm_blocks(N, (256, 512, 128) if rows <= 4 else (128, 256, 512))
         if blocks and weight.is_contiguous():
-            # x^T [K, rows] (strides 1, K: the layout that takes bmm's fast path), the same
-            # for every block (stride 0)
-            xt = x.as_strided((blocks, K, rows), (0, 1, K))
-            y = torch.bmm(weight.view(blocks, N // blocks, K), xt)
-            if rows > 1:   # [blocks, N/blocks, rows] -> [rows, N], contiguous like F.linear's
-                y = y.permute(2, 0, 1).contiguous()
+            w = weight.view(blocks, N // blocks, K)
+            if rows <= 4:
+                # block @ x^T, x^T [K, rows] with strides (1, K) -- the layout that takes
+                # bmm's fast GEMV path -- shared by every block (stride 0)
+                y = torch.bmm(w, x.as_strided((blocks, K, rows), (0, 1, K)))
+                if rows > 1:   # [blocks, N/blocks, rows] -> [rows, N], contiguous like F.linear's
+                    y = y.permute(2, 0, 1).contiguous()
+            else:   # x @ block^T: [blocks, rows, N/blocks] -> [rows, N]
+                y = torch.bmm(x.view(1, rows, K).expand(blocks, rows, K), w.transpose(1, 2))
+                y = y.permute(1, 0, 2).contiguous()
             return y.view(*x.shape[:-1], N)
     return F.linear(x, weight)
 
