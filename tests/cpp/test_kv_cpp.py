@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import tridiff.ops as ops
-from cpp_support import CPP, randn
+from tests.cpp.support import CPP, randn
 
 DTYPES = [torch.bfloat16, torch.float16, torch.float32, torch.float64]
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import tridiff.ops as ops
-from cuda_support import gen, randn
+from tests.cuda.support import gen, randn
 
 cupy_status = None
 try:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import tridiff.ops as ops
-from cuda_support import CUDA, gen, randn
+from tests.cuda.support import CUDA, gen, randn
 
 
 def _step(kc, vc, k, v, lens, logits, drafts, backend):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import tridiff.ops as ops
-from cuda_support import CUDA, gen, randn
+from tests.cuda.support import CUDA, gen, randn
 from tridiff import _dispatch
 
 V = 128256

@@ -2,7 +2,7 @@ import sys
 
 import pytest
 
-from cupy_support import Recorder, fake_cupy
+from tests.cupy.support import Recorder, fake_cupy
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import tridiff.cupy as tc
-from cupy_support import FakeArray
+from tests.cupy.support import FakeArray
 from tridiff.errors import TridiffInputError
 
 B, T, H, D, TMAX, PAGE = 2, 4, 2, 8, 16, 4

@@ -23,7 +23,7 @@ import pytest
 cupy = pytest.importorskip("cupy", reason="cupy not installed (pip install tridiff[cupy])")
 
 import tridiff.cupy as tc  # noqa: E402
-from cupy_support import FakeArray  # noqa: E402
+from tests.cupy.support import FakeArray  # noqa: E402
 from tridiff.cupy._source import SOURCE, name_expressions  # noqa: E402
 
 
