@@ -13,7 +13,7 @@ import torch
 
 import tridiff.cpp as cpp
 import tridiff.ops as ops
-from cpp_support import CPP
+from tests.cpp.support import CPP
 from tridiff.reference._slots import capacity, logical_view
 from tridiff.reference.attention import visibility
 

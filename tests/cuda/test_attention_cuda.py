@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import tridiff.ops as ops
-from cuda_support import CUDA
+from tests.cuda.support import CUDA
 from tridiff.reference._slots import capacity, logical_view
 from tridiff.reference.attention import visibility
 
