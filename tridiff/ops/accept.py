@@ -28,9 +28,8 @@ import torch
 
 from tridiff import _checks as chk
 from tridiff import _dispatch
-from tridiff.ops._common import lens_tensor, run
-from tridiff.ops.sample import check_ids_in_range, check_logits, check_seed_offset, check_temperature, \
-    check_token_int
+from tridiff.ops._common import (check_ids_in_range, check_logits, check_seed_offset, check_temperature,
+                                 check_token_int, lens_tensor, run)
 
 AcceptResult = namedtuple("AcceptResult",
                           ["n_accepted", "tokens", "n_emitted", "next_token", "new_cache_lens", "hit_eos"])

@@ -27,7 +27,7 @@ import torch
 from tridiff import _checks as chk
 from tridiff import _dispatch
 from tridiff.ops._common import block_table_tensor, lens_tensor, pages_cover, per_row, run
-from tridiff.reference._slots import capacity
+from tridiff.reference.slots import capacity
 from tridiff.reference.kv_cache import quadratic_verify_slots  # noqa: F401  (public helper)
 
 

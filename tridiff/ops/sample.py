@@ -21,7 +21,6 @@ functions: nothing is mutated. Bit-level definitions: tridiff.reference.sample.
 """
 from __future__ import annotations
 
-import math
 from collections import namedtuple
 from typing import Optional
 
@@ -29,62 +28,11 @@ import torch
 
 from tridiff import _checks as chk
 from tridiff import _dispatch
-from tridiff.ops._common import per_row, run
+from tridiff.ops._common import check_logits, check_seed_offset, check_temperature, check_token_int, per_row, run
 from tridiff.reference.sample import num_transfer_schedule as _schedule
 
 DiffusionConfidence = namedtuple("DiffusionConfidence", ["x0", "conf"])
 UnmaskResult = namedtuple("UnmaskResult", ["new_block", "transferred"])
-
-
-# ---- argument checks shared with tridiff.ops.accept ------------------------------------------
-
-def check_temperature(temperature) -> float:
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
-            or not math.isfinite(temperature) or temperature < 0:
-        chk.fail("temperature", "a finite python float >= 0", repr(temperature))
-    return float(temperature)
-
-
-def check_seed_offset(temperature: float, seed, offset, batch: int, device):
-    """int64 [B] seed and offset, required iff temperature > 0; (None, None) at temperature 0."""
-    if temperature == 0.0:
-        return None, None
-    for name, x in (("seed", seed), ("offset", offset)):
-        if x is None:
-            chk.fail(name, f"an int64 tensor [{batch}] (required when temperature > 0)", "None")
-        chk.tensor(name, x, ndim=1, dtypes=(torch.int64,), device=device)
-        chk.shape(name, x, (batch,))
-    return seed, offset
-
-
-def check_token_int(arg: str, value, V: Optional[int], allow_none_value: bool) -> int:
-    """An int token id: in [0, V) (or any >= 0 when V is None); -1 allowed if allow_none_value."""
-    low = -1 if allow_none_value else 0
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low \
-        and (V is None or value < V)
-    if not ok:
-        rng = f"in [0, {V})" if V is not None else ">= 0"
-        chk.fail(arg, f"an int {rng}" + (" or -1 (disabled)" if allow_none_value else ""), repr(value))
-    return int(value)
-
-
-def check_ids_in_range(arg: str, ids: torch.Tensor, V: int) -> None:
-    """Every token id in [0, V) (a host check; skipped where values are not checkable)."""
-    if ids.numel() == 0 or not chk.values_checkable(ids) or chk.is_fake(ids):
-        return
-    vals = ids.detach().to("cpu", torch.int64)
-    bad = (vals < 0) | (vals >= V)
-    if bool(bad.any()):
-        where = tuple(int(i) for i in bad.nonzero()[0])
-        chk.fail(arg, f"token ids in [0, V={V})", f"{int(vals[where])} at index {where}")
-
-
-def check_logits(arg: str, logits, ndim) -> None:
-    chk.tensor(arg, logits, dtypes=chk.FLOAT_DTYPES)
-    if logits.dim() not in ndim:
-        chk.fail(arg, " or ".join(f"{d} dimensions" for d in ndim), f"shape {tuple(logits.shape)}")
-    if logits.shape[-1] < 1:
-        chk.fail(arg, "a vocabulary dimension V >= 1", f"shape {tuple(logits.shape)}")
 
 
 # ---- torch.library registrations -----------------------------------------------------------

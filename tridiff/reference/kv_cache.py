@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from tridiff.reference._slots import capacity, physical_index, write_rows
+from tridiff.reference.slots import capacity, physical_index, write_rows
 
 
 def kv_write_(k_cache, v_cache, k, v, cache_lens, q_lens, block_table) -> None:
