@@ -12,7 +12,9 @@
 //      [0, q_last] (CAUSAL), all (BIDIR_BLOCK, CAUSAL_THEN_BIDIR's last K rows), and
 //      for QUADRATIC(L) only the d slots up to the tile's last sub-block (stride L+1)
 //      plus the tile's own sub-blocks without their d slots, so a QUADRATIC tile never
-//      walks the hidden sub-blocks between; the per-element predicate masks the rest.
+//      walks the hidden sub-blocks between; for ANCHORED_QUADRATIC (tridiff/modes.py)
+//      the clean keys [0, max(last clean row, a_{g_hi})] plus the tile's own mask groups
+//      g_lo..g_hi, never the groups between; the per-element predicate masks the rest.
 // Softmax is online in base 2 (scores pre-scaled by softmax_scale * log2 e). One split
 // writes the output; several write normalised partials + log2-sum-exp to a workspace
 // that merge_element combines.
@@ -26,7 +28,26 @@ constexpr int kAttnBlockN = 64;        // keys per block
 constexpr int kAttnMinKeysPerSplit = 256;
 constexpr int kAttnMaxSplits = 128;
 
-enum AttnMode : int { kCausal = 0, kBidirBlock = 1, kQuadratic = 2, kCausalThenBidir = 3 };
+enum AttnMode : int { kCausal = 0, kBidirBlock = 1, kQuadratic = 2, kCausalThenBidir = 3, kAnchoredQuadratic = 4 };
+
+TD_HD int popcount32(uint32_t x) {
+#if defined(__CUDA_ARCH__)
+  return __popc(x);
+#else
+  return __builtin_popcount(x);
+#endif
+}
+
+// ANCHORED_QUADRATIC's a_g: the (g+1)-th set bit of the anchor mask (a plain loop, run
+// once per tile; the per-key test counts the anchors below a key instead).
+TD_HD int64_t anchor_bit(uint32_t bits, int64_t g) {
+  for (int b = 0; b < 32; ++b)
+    if ((bits >> b) & 1u) {
+      if (g == 0) return b;
+      --g;
+    }
+  return 31;  // g >= popcount: not a row of a valid call
+}
 
 struct AttnArgs {
   const void* q;      // [B, Tq, Hq, D]   element strides q_s*
@@ -85,10 +106,12 @@ TD_HD TileRow tile_row(const AttnArgs& a, int64_t q0, int64_t kvh, int64_t n, in
 // Per-sequence scalars of a tile.
 struct TileMeta {
   int64_t P, n, arg;
+  int64_t lq;  // ANCHORED_QUADRATIC's L = n / (popcount(mask) + 1); 1 in other modes
   int mode;
   int64_t c_lo, c_hi;  // committed slots of this split
   // New keys this tile walks (none unless last split): n1 keys 0, step1, 2 step1, ...,
-  // then n2 keys lo2, lo2 + 1, ... minus their d slots (QUADRATIC's own sub-blocks).
+  // then n2 keys lo2, lo2 + 1, ... (QUADRATIC's own sub-blocks minus their d slots,
+  // ANCHORED_QUADRATIC's own mask groups).
   int64_t n1, step1, lo2, n2;
 };
 
@@ -103,6 +126,8 @@ TD_HD TileMeta tile_meta(const AttnArgs& a, int64_t b, int64_t q0, int64_t split
   m.n = a.q_lens[b];
   m.mode = (int)a.modes[b];
   m.arg = a.mode_args[b];
+  m.lq = 1;
+  if (m.mode == kAnchoredQuadratic) m.lq = max64(1, m.n / (popcount32((uint32_t)m.arg) + 1));
   const bool live = q0 < m.n;
   const int64_t chunk = split_chunk(m.P, a.num_splits);
   m.c_lo = split * chunk;
@@ -122,6 +147,17 @@ TD_HD TileMeta tile_meta(const AttnArgs& a, int64_t b, int64_t q0, int64_t split
       m.step1 = sub;
       m.lo2 = a_lo * sub;
       m.n2 = a_own >= a_lo ? min64(m.n, (a_own + 1) * sub) - m.lo2 : 0;
+    } else if (m.mode == kAnchoredQuadratic) {
+      // rows 0..L-1 clean (group -1), then mask groups of L rows: anchors grow with the
+      // group, so the tile's clean keys end at its last clean row or at a_{g_hi}.
+      const int64_t L = m.lq, g_lo = max64(q0 / L - 1, 0), g_hi = q_last / L - 1;
+      int64_t c_last = q0 < L ? min64(q_last, L - 1) : -1;
+      if (g_hi >= 0) {
+        c_last = max64(c_last, anchor_bit((uint32_t)m.arg, g_hi));
+        m.lo2 = (g_lo + 1) * L;
+        m.n2 = (g_hi - g_lo + 1) * L;
+      }
+      m.n1 = c_last + 1;
     } else {
       m.n1 = q_last + 1;  // causal rows: keys up to the tile's last row
     }
@@ -133,7 +169,7 @@ TD_HD TileMeta tile_meta(const AttnArgs& a, int64_t b, int64_t q0, int64_t split
 // blocks [0, nb_cache) cover the split's committed slots, the rest the new keys.
 struct KeyBlock {
   bool is_new;    // new tokens (from k/v, masked by the mode) or committed slots
-  bool skip_d;    // drop QUADRATIC d slots (they were walked in the strided range)
+  bool skip_d;    // second new-key range: QUADRATIC drops its d slots there (walked strided)
   int64_t start;  // first key: a cache position, or a new-token index
   int64_t step;   // key j of the block is start + j * step
   int64_t nk;     // keys in this block (<= kAttnBlockN)
@@ -186,9 +222,19 @@ TD_HD void key_rows(const AttnArgs& a, const KeyBlock& kb, int64_t b, int64_t kv
 }
 
 // SPEC section 2 among new tokens: may live new row i see new key jn (both < n)?
-TD_HD bool new_key_visible(int mode, int64_t arg, int64_t n, int64_t i, int64_t jn) {
+// lq: ANCHORED_QUADRATIC's L (TileMeta::lq).
+TD_HD bool new_key_visible(int mode, int64_t arg, int64_t n, int64_t lq, int64_t i, int64_t jn) {
   if (jn >= n) return false;
   switch (mode) {
+    case kAnchoredQuadratic: {
+      // n <= 32 * 33: 32-bit division. Clean row i < L: clean keys j <= i. Mask row of
+      // group g: clean key j iff j <= a_g, i.e. at most g anchors lie below j; and the
+      // keys of its own group.
+      const int L = (int)lq, r = (int)i, j = (int)jn, g = r / L - 1;
+      if (g < 0) return j <= r;
+      if (j < L) return popcount32((uint32_t)arg & ((1u << j) - 1u)) <= g;
+      return j / L == r / L;
+    }
     case kBidirBlock: return true;
     case kQuadratic: {
       const int64_t sub = arg + 1;
@@ -203,8 +249,8 @@ TD_HD bool new_key_visible(int mode, int64_t arg, int64_t n, int64_t i, int64_t 
 // Does live row i count new key j = block_key(k, .) of block k (the predicate, minus the
 // d slots a strided block already counted)?
 TD_HD bool block_key_visible(const TileMeta& m, const KeyBlock& k, int64_t i, int64_t jn) {
-  if (k.skip_d && jn % (m.arg + 1) == 0) return false;
-  return new_key_visible(m.mode, m.arg, m.n, i, jn);
+  if (k.skip_d && m.mode == kQuadratic && jn % (m.arg + 1) == 0) return false;
+  return new_key_visible(m.mode, m.arg, m.n, m.lq, i, jn);
 }
 
 // One key block of online softmax for one row, given the block's max scaled score

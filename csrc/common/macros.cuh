@@ -125,5 +125,6 @@ TD_HD int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
     case 1: { constexpr int M = 1; __VA_ARGS__; break; }             \
     case 2: { constexpr int M = 2; __VA_ARGS__; break; }             \
     case 3: { constexpr int M = 3; __VA_ARGS__; break; }             \
+    case 4: { constexpr int M = 4; __VA_ARGS__; break; }             \
     default: return td::kBadMode;                                    \
   }

@@ -8,7 +8,7 @@ import math
 
 import torch
 
-CAUSAL, BIDIR_BLOCK, QUADRATIC, CAUSAL_THEN_BIDIR = 0, 1, 2, 3
+CAUSAL, BIDIR_BLOCK, QUADRATIC, CAUSAL_THEN_BIDIR, ANCHORED_QUADRATIC = 0, 1, 2, 3, 4
 
 
 def visible(mode: int, arg: int, P: int, n: int, i: int, j: int) -> bool:
@@ -32,6 +32,16 @@ def visible(mode: int, arg: int, P: int, n: int, i: int, j: int) -> bool:
         if i < n - K:
             return j <= P + i
         return j < P + n
+    if mode == ANCHORED_QUADRATIC:
+        bits = arg % 2 ** 32  # the int32 holds a uint32 bitmask
+        anchors = [a for a in range(32) if (bits >> a) & 1]
+        L = n // (len(anchors) + 1)
+        if i < L:  # clean slot d_i: causal over the clean slots
+            return jn < L and jn <= i
+        g = (i - L) // L  # mask slot of anchor anchors[g]
+        if jn < L:
+            return jn <= anchors[g]
+        return (jn - L) // L == g
     raise ValueError(mode)
 
 

@@ -12,7 +12,9 @@ Layouts (B rows, Tq new-token slots, GQA with Hq a multiple of Hkv):
   cache_lens   [B] int32           committed length P of each row
   modes        Mode, int or [B] int tensor (tridiff.Mode values), per row
   mode_args    int or [B] int32    QUADRATIC: L (row has L*(L+1) new tokens);
-                                   CAUSAL_THEN_BIDIR: K (last K new tokens = the block)
+                                   CAUSAL_THEN_BIDIR: K (last K new tokens = the block);
+                                   ANCHORED_QUADRATIC: anchor bitmask read as uint32
+                                   (row has L*(popcount+1) new tokens, see tridiff.modes)
   q_lens       int or [B] int32    new tokens per row (<= Tq; default Tq); rows
                                    past q_lens[b] get zeros
   out          [B, Tq, Hq, D]      dtype of q
@@ -149,6 +151,8 @@ def normalize_attention_args(q, k, v, k_cache, v_cache, cache_lens, modes, mode_
         if not 0 <= int(modes) < NUM_MODES:
             chk.fail("modes", f"a tridiff.Mode value in [0, {NUM_MODES})", int(modes))
     modes_t = per_row("modes", modes, B, dev, dtype=torch.int8)
+    if isinstance(mode_args, int) and not isinstance(mode_args, bool) and 2 ** 31 <= mode_args < 2 ** 32:
+        mode_args -= 2 ** 32   # an ANCHORED_QUADRATIC bitmask with bit 31 set, as its int32 bits
     mode_args_t = per_row("mode_args", mode_args, B, dev, default=0)
     q_lens_t = per_row("q_lens", q_lens, B, dev, default=Tq)
     if softmax_scale is None:
@@ -187,6 +191,18 @@ def _check_attention_values(modes, mode_args, q_lens, cache_lens, Tq, cap, write
         b = int(bad.nonzero()[0, 0])
         chk.fail("mode_args", "L >= 1 with q_lens == L*(L+1) on QUADRATIC rows",
                  f"L={int(arg[b])}, q_lens={int(n[b])} at row {b}")
+    anc = (m == Mode.ANCHORED_QUADRATIC) & (n > 0)
+    if bool(anc.any()):
+        bits = (arg[:, None] & 0xFFFFFFFF) >> torch.arange(32) & 1      # mask read as uint32
+        k = bits.sum(dim=1)
+        L = n // (k + 1)
+        top = torch.where(k > 0, 31 - bits.flip(1).argmax(dim=1), -1)  # highest anchor
+        bad = anc & ((n % (k + 1) != 0) | (L < 1) | (L > 32) | (top >= L))
+        if bool(bad.any()):
+            b = int(bad.nonzero()[0, 0])
+            chk.fail("mode_args", "an anchor bitmask with q_lens == L*(popcount+1), 1 <= L <= 32 and every "
+                     "anchor < L on ANCHORED_QUADRATIC rows",
+                     f"mode_args={int(arg[b]) & 0xFFFFFFFF:#x} (k={int(k[b])}), q_lens={int(n[b])} at row {b}")
     ctb = m == Mode.CAUSAL_THEN_BIDIR
     bad = ctb & ((arg < 0) | (arg > n))
     if bool(bad.any()):

@@ -36,12 +36,31 @@ def visibility(cache_lens, modes, mode_args, q_lens, Tq: int, Tcap: int) -> torc
     a2, b2 = jn // sub, jn % sub
     quadratic = ((b2 == 0) & (a2 <= a)) | ((b != 0) & (a2 == a))
     causal_then_bidir = (i >= n - arg) | causal
+    anchored = _anchored(mode_args, q_lens, i, jn)
     new = torch.where(
         mode == Mode.CAUSAL, causal,
         torch.where(mode == Mode.BIDIR_BLOCK, bidir,
-                    torch.where(mode == Mode.QUADRATIC, quadratic, causal_then_bidir)))
+                    torch.where(mode == Mode.QUADRATIC, quadratic,
+                                torch.where(mode == Mode.ANCHORED_QUADRATIC, anchored, causal_then_bidir))))
     new = new & (jn < n) & (i < n)
     return torch.cat([cached.expand(-1, Tq, -1), new.expand(cache_lens.shape[0], -1, -1)], dim=2)
+
+
+def _anchored(mode_args, q_lens, i, jn) -> torch.Tensor:
+    """ANCHORED_QUADRATIC among new tokens (tridiff.modes): bool [B, Tq, Tq]."""
+    bit = torch.arange(32, device=mode_args.device)
+    bits = (mode_args.long()[:, None] & 0xFFFFFFFF) >> bit & 1          # [B, 32]: the uint32 mask
+    k = bits.sum(dim=1)
+    L = (q_lens.long() // (k + 1)).clamp(min=1)[:, None, None]
+    # anchor[b, g] = the (g+1)-th set bit = how many bit positions have <= g set bits up to them
+    g = torch.arange(32, device=mode_args.device)
+    anchor = (bits.cumsum(dim=1)[:, None, :] <= g[None, :, None]).sum(dim=2)   # [B, 32]
+    group = i // L - 1                                                   # -1: a clean row
+    a_row = anchor.gather(1, group.clamp(0, 31)[:, :, 0])[:, :, None]
+    clean_key = jn < L
+    clean_row = clean_key & (jn <= i)
+    mask_row = (clean_key & (jn <= a_row)) | (jn // L == i // L)
+    return torch.where(group < 0, clean_row, mask_row)
 
 
 def attention(q, k, v, k_cache, v_cache, cache_lens, modes, mode_args, q_lens, block_table,
