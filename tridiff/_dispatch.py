@@ -1,68 +1,66 @@
 """Backend selection for every public op.
 
-A backend is a Python module that defines, for each op it serves, a function with
-the reference's exact signature, and optionally `supports_<op>(*args, **kwargs)`
-returning None or the reason it cannot take these inputs. The module may also
-define `unavailable()` returning None or the reason the whole backend is missing
-(not installed, not built, no device). Modules are imported lazily, so importing
-tridiff never needs triton, a GPU or a compiled extension.
+OPS is the one table of ops: op name -> the family module that defines it (the
+reference's and the Triton backend's submodules carry these names; csrc/ groups the
+same families). Everything that needs the list of ops reads it from here.
+
+Backend protocol. A backend is the module named in BACKEND_MODULES. It exports, as
+plain module attributes written out in its source (no module __getattr__, no
+injection into globals()):
+  * <op>: for each op of OPS it serves, a function with the reference's exact
+    positional signature (tridiff.reference is the torch backend and serves them all);
+  * supports_<op>(*args) (optional): None, or the reason it cannot take these inputs;
+  * unavailable() (optional): None, or why the whole backend is missing (not
+    installed, not built, no device).
+Nothing in a backend module may need a GPU, triton or a compiled extension at import
+time beyond what unavailable() reports: the compiled extension loads on first call.
+A backend that is a package with per-op submodules named like its ops exports from a
+separate module (tridiff.triton.backend), so an op name never resolves to a submodule.
 
 "auto" tries AUTO_ORDER for the device of the first tensor argument (refined per op by
 AUTO_ORDER_PER_OP) and picks the first backend that is available and supports the
-inputs; the torch reference
-serves everything, so "auto" always finds one. Asking for a named backend that
-cannot serve raises BackendUnavailable with the reason.
+inputs; the torch reference serves everything, so "auto" always finds one. Asking for
+a named backend that cannot serve raises BackendUnavailable with the reason.
 """
 from __future__ import annotations
 
 import importlib
 import os
-import types
 
 import torch
 
 BACKEND_MODULES = {
     "torch": "tridiff.reference",
-    "triton": "tridiff.triton",
+    "triton": "tridiff.triton.backend",
     "cuda": "tridiff.cuda",
     "cpp": "tridiff.cpp",
     "sdpa": "tridiff.sdpa",   # attention only, CPU: torch SDPA with the mode mask
 }
 BACKENDS = tuple(BACKEND_MODULES)
-OPS = ("attention", "kv_write_", "kv_append_", "kv_commit_", "kv_rollback_", "kv_compact_",
-       "paged_reserve_", "paged_release_", "accept_linear", "accept_rejection", "accept_quadratic",
-       "sample", "diffusion_confidence", "diffusion_unmask")
+OPS = {
+    "attention": "attention",
+    "kv_write_": "kv_cache", "kv_append_": "kv_cache", "kv_commit_": "kv_cache", "kv_rollback_": "kv_cache",
+    "kv_compact_": "kv_cache", "paged_reserve_": "kv_cache", "paged_release_": "kv_cache",
+    "sample": "sample", "diffusion_confidence": "sample", "diffusion_unmask": "sample",
+    "accept_linear": "accept", "accept_rejection": "accept", "accept_quadratic": "accept",
+}
 
-# Fastest first, per device type; refined per op as benchmarks show (bench/NOTES.md).
+# Fastest first, per device type, refined per op. The CPU entries follow
+# bench/bench_cpu_backends.py and bench/bench_cpu_attention.py; the numbers behind each
+# are in bench/NOTES.md, "Backend order on CPU: why".
 AUTO_ORDER = {
     "cuda": ("cuda", "triton", "torch"),
     "cpu": ("cpp", "torch"),
 }
 # Per-op overrides of AUTO_ORDER: {op_name: {device_type: (backends...)}}.
-# CPU entries follow bench/bench_cpu_backends.py (2-core Xeon, vocab 131072, 32-token
-# blocks, Hkv 8, D 128; ratio = torch ms / cpp ms, > 1: cpp faster, two runs each). Ops
-# without a CPU entry keep cpp first: kv_write_/kv_append_ 20-80x, kv_compact_ 8-35x (26
-# layers in one call 8-30x), paged_reserve_/paged_release_ 20-50x, diffusion_unmask 4-5.6x,
-# greedy sample / accept_linear / accept_rejection 1.1-3.0x (vectorised argmax pass),
-# sampled ones 1.1-19x (the torch reference's per-logit Philox is slow).
 AUTO_ORDER_PER_OP: dict[str, dict[str, tuple[str, ...]]] = {
-    # Diffusion decoding ranks positions by conf rounded to the logits dtype; the C++
-    # kernel sums in double and can differ from torch's softmax by one ulp, which may
-    # flip a threshold or top-k decision. Token parity with the reference wins on CPU
-    # (torch is also 2-5x faster there: [4, 32, V] fp32 41-49 vs 175-227 ms).
+    # Token parity: the C++ confidence can differ from torch's softmax by one ulp.
     "diffusion_confidence": {"cpu": ("torch",)},
-    # CPU: SDPA with the mode mask over the committed keys (tridiff.sdpa) is the fastest
-    # at every decoding shape measured by bench/bench_cpu_attention.py (1-32 rows, caches
-    # 32-160, the two bench_cpu_e2e models; bench/NOTES.md "CPU attention per shape"):
-    # 3-8x the reference, 1-7x the C++ kernel. The C++ kernel beats the reference only at
-    # short caches and is 2.5x slower on 3B verify shapes (134 vs 54 ms, 32 tokens over a
-    # 4k cache), so it goes last. CUDA: the hand-written kernel has not yet run on a GPU;
-    # Triton goes first until tests/cuda pass there.
+    # CPU: SDPA is fastest at every decoding shape measured; CUDA: Triton until tests/cuda pass on a GPU.
     "attention": {"cpu": ("sdpa", "torch", "cpp"), "cuda": ("triton", "cuda", "torch")},
-    # CPU, metadata only (B int32 lengths): both take 3-8 us, ratio 0.94-1.08 -- noise.
+    # CPU: metadata only or a few rows; torch ties or wins.
     "kv_commit_": {"cpu": ("torch", "cpp")},
     "kv_rollback_": {"cpu": ("torch", "cpp")},
-    # CPU: [B, 20, V] (L=4) ratio 0.59-1.02: torch's argmax over so few rows wins or ties.
     "accept_quadratic": {"cpu": ("torch", "cpp")},
 }
 
@@ -92,26 +90,23 @@ def backend_module(name: str):
     except ImportError as exc:
         _import_errors[name] = f"backend {name!r} cannot be imported: {exc}"
         return None
+    except Exception as exc:  # a broken backend (e.g. a failing triton import) must not break tridiff.ops
+        _import_errors[name] = f"backend {name!r} failed to import: {exc!r}"
+        return None
     _modules[name] = mod
     return mod
 
 
 def load_all() -> None:
-    """Import every backend module and its per-op submodules now (no GPU is needed,
-    and no compiled extension is loaded: backends load those on first use).
+    """Import every backend module now (no GPU is needed, and no compiled extension is
+    loaded: backends load those on first use).
 
     Called when tridiff.ops is imported so that torch.compile can trace backend
     resolution: Dynamo cannot trace an import, but it traces the dict look-ups and
     supports_<op> checks that follow one.
     """
     for name in BACKEND_MODULES:
-        mod = backend_module(name)
-        for op in OPS if mod is not None else ():
-            for attr in (op, f"supports_{op}"):
-                try:
-                    hasattr(mod, attr)  # resolves lazily imported per-op submodules now
-                except Exception as exc:  # a broken backend must not break `import tridiff.ops`
-                    _import_errors.setdefault(name, f"backend {name!r} failed to load {attr}: {exc}")
+        backend_module(name)
 
 
 @torch.compiler.assume_constant_result
@@ -132,6 +127,8 @@ def backend_unavailable(name: str) -> str:
 
 def why_not(name: str, op: str, args: tuple, kwargs: dict):
     """None if backend `name` can serve op(*args, **kwargs), else the reason."""
+    if op not in OPS:
+        return f"{op!r} is not an op of tridiff._dispatch.OPS"
     reason = backend_unavailable(name)
     if reason:
         return reason
@@ -176,9 +173,4 @@ def implementation(op: str, backend: str):
     mod = backend_module(backend)
     if mod is None:
         raise BackendUnavailable(_import_errors[backend])
-    fn = getattr(mod, op)
-    if isinstance(fn, types.ModuleType):
-        # A backend package whose per-op submodule shares the op's name (tridiff.triton.attention):
-        # once imported, the package attribute is the submodule, not the function.
-        fn = getattr(fn, op)
-    return fn
+    return getattr(mod, op)

@@ -10,19 +10,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def _interpreter_ranges(monkeypatch, n):
-    # the sampling launchers' vocabulary split under the interpreter (programs per row)
-    from tridiff.triton import sample as ts
-    monkeypatch.setattr(ts, "TARGET_PROGRAMS_INTERPRET", n)
+    # the row scan's vocabulary split under the interpreter (programs per row)
+    from tridiff.triton import _common
+    monkeypatch.setattr(_common, "TARGET_PROGRAMS_INTERPRET", n)
 
 
-@pytest.fixture(params=[1, 64], ids=["S1", "Smany"])
+@pytest.fixture(params=[pytest.param(1, id="S1"), pytest.param(64, id="Smany")])
 def ranges(request, monkeypatch):
     """One vocabulary range per row, or as many as there are chunks (exercises combining)."""
     _interpreter_ranges(monkeypatch, request.param)
     return request.param
 
 
-@pytest.fixture(params=[(torch.float32, 1), (torch.float16, 64)], ids=["float32-S1", "float16-Smany"])
+@pytest.fixture(params=[pytest.param((torch.float32, 1), id="float32-S1"),
+                        pytest.param((torch.float16, 64), id="float16-Smany")])
 def noisy_dtype(request, monkeypatch):
     """Logits dtype of a noisy (Gumbel) case. Those cost seconds each under the interpreter:
     two (dtype, ranges) pairs cover both dtypes and both range layouts."""

@@ -282,10 +282,10 @@ def _collect():
     """One task per distinct (kernel, specialisation key) launched, in first-seen order."""
     from triton import knobs
 
-    import tridiff.triton.sample as ts
+    import tridiff.triton._common as tc
 
     _use_sm90_driver()
-    ts._target_programs = lambda device: 2 * SM90_SM_COUNT  # the launcher's own rule on an H100/H200
+    tc.target_programs = lambda device: 2 * SM90_SM_COUNT  # the launchers' own rule on an H100/H200
     seen, current = {}, {}
 
     def hook(*, key, fn, compile, **_):

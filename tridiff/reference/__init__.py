@@ -1,6 +1,7 @@
 """Plain-PyTorch reference implementations: the definition of truth for every op,
-and the CPU path. Same function names and positional signatures as the backend
-contract in tridiff._dispatch. Float math accumulates in fp32 (fp64 for fp64 input).
+and the CPU path. As the "torch" backend it serves every op of tridiff._dispatch.OPS,
+with the signatures the backend protocol there takes as the contract, one submodule
+per op family. Float math accumulates in fp32 (fp64 for fp64 input).
 """
 from tridiff.reference.attention import attention, visibility
 from tridiff.reference.kv_cache import (
@@ -9,10 +10,3 @@ from tridiff.reference.kv_cache import (
 )
 from tridiff.reference.accept import accept_linear, accept_quadratic, accept_rejection
 from tridiff.reference.sample import diffusion_confidence, diffusion_unmask, num_transfer_schedule, sample
-
-__all__ = [
-    "attention", "visibility", "kv_write_", "kv_append_", "kv_commit_", "kv_rollback_",
-    "kv_compact_", "quadratic_verify_slots", "paged_reserve_", "paged_release_",
-    "sample", "diffusion_confidence", "diffusion_unmask", "num_transfer_schedule",
-    "accept_linear", "accept_rejection", "accept_quadratic",
-]

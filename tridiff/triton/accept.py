@@ -1,7 +1,7 @@
 """Triton launchers for accept_linear, accept_quadratic and accept_rejection.
 
 Every rule is pass 1 (stream the needed logits rows once, vocabulary split in ranges
-as in tridiff.triton.sample) + one program per batch row that finishes on the device:
+as in tridiff.triton._common) + one program per batch row that finishes on the device:
   linear     B*(n+1) rows argmax/Gumbel -> finish (prefix count, tokens, eos, next)
   quadratic  only the 2L-1 rows that matter are read: the L slot-0 rows, then the L-1
              rows of the last accepted sub-block (found on the device) -> finish
@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from tridiff.triton import device_reason
-from tridiff.triton.sample import (NUM_WARPS, _float_reason, acc_dtype, block_v, p2, partials, precise,
-                                   row_argmax, splits, temp_bits)
+from tridiff.triton._common import (NUM_WARPS, acc_dtype, block_v, device_reason, float_reason, p2, partials,
+                                    precise, row_argmax, splits, temp_bits)
 
 
 def _kernels():
@@ -42,7 +41,7 @@ def _accept_outputs(target_logits):
 
 
 def supports_accept_linear(target_logits, draft_tokens, cache_lens, eos_id, temperature, seed, offset):
-    reason = device_reason(target_logits, draft_tokens, cache_lens, seed, offset) or _float_reason(target_logits)
+    reason = device_reason(target_logits, draft_tokens, cache_lens, seed, offset) or float_reason(target_logits)
     if reason is None and target_logits.shape[1] > MAX_POSITIONS:
         reason = f"more than {MAX_POSITIONS} positions"
     return reason
@@ -62,7 +61,7 @@ def accept_linear(target_logits, draft_tokens, cache_lens, eos_id, temperature, 
 
 
 def supports_accept_quadratic(logits, draft, cache_lens, eos_id):
-    reason = device_reason(logits, draft, cache_lens) or _float_reason(logits)
+    reason = device_reason(logits, draft, cache_lens) or float_reason(logits)
     if reason is None and draft.shape[1] > MAX_POSITIONS:
         reason = f"block length > {MAX_POSITIONS}"
     return reason
@@ -99,7 +98,7 @@ def accept_quadratic(logits, draft, cache_lens, eos_id):
 def supports_accept_rejection(target_logits, draft_logits, draft_tokens, cache_lens, eos_id, temperature,
                               seed, offset):
     reason = (device_reason(target_logits, draft_logits, draft_tokens, cache_lens, seed, offset)
-              or _float_reason(target_logits))
+              or float_reason(target_logits))
     if reason is None and draft_logits is not None and draft_logits.dtype != target_logits.dtype:
         reason = "draft_logits and target_logits must share a dtype"
     if reason is None and target_logits.shape[1] > MAX_POSITIONS:

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from tridiff.triton import device_reason
-from tridiff.triton.sample import cdiv, p2 as _p2
+from tridiff.triton._common import cdiv, device_reason, p2
 
 FUSED_MAX_N = 256  # larger compactions take the two-launch gather/scatter path
 _TILE = 4096
@@ -49,8 +48,8 @@ def kv_write_(k_cache, v_cache, k, v, cache_lens, q_lens, block_table) -> None:
     if B == 0 or T == 0 or Hkv * D == 0:
         return
     HD = Hkv * D
-    block_hd = min(_p2(HD), 1024)
-    block_t = min(_p2(T), max(1, _TILE // block_hd))
+    block_hd = min(p2(HD), 1024)
+    block_t = min(p2(T), max(1, _TILE // block_hd))
     paged = block_table is not None
     # Read-only index tensors: unit inner stride assumed, so make them contiguous (tiny).
     lens, q_lens = cache_lens.contiguous(), q_lens.to(torch.int32).contiguous()
@@ -104,9 +103,9 @@ def kv_compact_(k_cache, v_cache, cache_lens, src_index, block_table) -> None:
         s = c.stride()
         return s if c.dim() == 5 else (0,) + tuple(s)
 
-    fused = _p2(n) <= FUSED_MAX_N
-    block_n = _p2(n) if fused else min(_p2(n), 64)
-    block_hd = max(16, min(_p2(HD), _TILE // block_n))
+    fused = p2(n) <= FUSED_MAX_N
+    block_n = p2(n) if fused else min(p2(n), 64)
+    block_hd = max(16, min(p2(HD), _TILE // block_n))
     grid = (layers * B, cdiv(HD, block_hd), 1 if fused else cdiv(n, block_n))
     lens, src_index = cache_lens.contiguous(), src_index.contiguous()
     bt = block_table.contiguous() if paged else lens
@@ -129,8 +128,8 @@ def _pages_launch(kernel, block_table, free_pages, free_count, lens, page_size):
     B, max_pages = block_table.shape
     if B == 0 or max_pages == 0:
         return
-    block_b = _p2(B)
-    block_p = min(_p2(max_pages), max(1, _TILE // block_b))
+    block_b = p2(B)
+    block_p = min(p2(max_pages), max(1, _TILE // block_b))
     kernel[(1,)](block_table, free_pages, free_count, lens.contiguous(), B, max_pages, block_table.stride(0),
                  int(page_size), BLOCK_B=block_b, BLOCK_P=block_p,
                  num_warps=8)  # 4 warps spill on [64, 256] tables (255 regs); 8: 171 regs
