@@ -10,13 +10,9 @@ kernel that walked hidden tiles (e.g. every new key for QUADRATIC rows) exceeds 
 No time is measured.
 """
 import os
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root holds bench/
 
 if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("needs TRITON_INTERPRET=1 (set by tests/conftest.py on CPU)", allow_module_level=True)

@@ -2,15 +2,10 @@
 attention-per-shape benchmark, on tiny shapes: rows carry every required key and
 self-consistent numbers, the AR parity check stops a run whose tokens differ. No speed
 is asserted (speed claims live in bench/ results only)."""
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root holds bench/
-
-from tests.bench.test_bench_smoke import _check_rows  # noqa: E402
+from tests.bench.test_bench_smoke import _check_rows
 
 pytest.importorskip("transformers", reason="the baseline is transformers' Ministral3ForCausalLM")
 

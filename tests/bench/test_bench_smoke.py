@@ -5,17 +5,14 @@ No speed is asserted anywhere (speed claims live in bench/ results only).
 """
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root holds bench/
-
-from bench import common  # noqa: E402
-from bench.attention_shapes import CPU_DIMS, attention_bytes, make_case, new_visible_pairs, visible_pairs  # noqa: E402
+from bench import common
+from bench.attention_shapes import CPU_DIMS, attention_bytes, make_case, new_visible_pairs, visible_pairs
 
 TINY = {
     "attention": dict(Bs=[1, 2], Ps=[8], prefill=[16], rep_ms=1),
