@@ -3,13 +3,18 @@ import subprocess
 import sys
 import textwrap
 
+from tridiff import _ext
+
+# The compiled modules by their real names, from the loader itself: a renamed extension
+# is blocked under its new name rather than silently left importable.
+BLOCKED = ("triton", "cupy", *_ext.MODULES.values())
+
 
 def test_import_and_cpu_op_without_triton_or_extensions():
-    code = textwrap.dedent("""
+    code = textwrap.dedent(f"""
         import sys
-        # Make triton and every compiled tridiff module unimportable.
-        for name in ("triton", "tridiff._C", "tridiff._C_cpu", "tridiff._cuda", "tridiff._cpu", "cupy"):
-            sys.modules[name] = None
+        for name in {BLOCKED!r}:
+            sys.modules[name] = None  # unimportable
         import torch
         import tridiff
         from tridiff import ops, Mode
@@ -17,8 +22,12 @@ def test_import_and_cpu_op_without_triton_or_extensions():
         cache = torch.zeros(1, 4, 1, 8)
         out = ops.attention(q, k, k, cache, cache.clone(), torch.zeros(1, dtype=torch.int32), Mode.CAUSAL)
         assert out.shape == q.shape and torch.isfinite(out).all()
-        from tridiff import _dispatch
-        assert "triton" in _dispatch.why_not("triton", "attention", (), {})
+        from tridiff import _dispatch, _ext
+        assert "triton" in _dispatch.why_not("triton", "attention", (), {{}})
+        for ext, modname in _ext.MODULES.items():  # the blocking really hid every extension
+            reason = _ext.reason(ext)
+            assert reason is not None and modname in reason, (ext, reason)
+            assert _dispatch.backend_unavailable(ext), ext
         print("ok")
     """)
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
