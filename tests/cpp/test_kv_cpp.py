@@ -23,7 +23,7 @@ def _written_mask(B, cap, lens, q_lens):
 @pytest.mark.parametrize("backend", CPP)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("H,D", [(2, 64), (3, 5), (1, 128)])
-@pytest.mark.parametrize("append", [False, True], ids=["write", "append"])
+@pytest.mark.parametrize("append", [pytest.param(False, id="write"), pytest.param(True, id="append")])
 def test_kv_write_contiguous(backend, dtype, H, D, append, rng):
     B, T, Tmax = 4, 7, 33
     kc, vc = _caches((B, Tmax, H, D), dtype, rng)
@@ -95,7 +95,7 @@ def _moved_mask(B, cap, lens, src):
 
 @pytest.mark.parametrize("backend", CPP)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("layers", [None, 3], ids=["4d", "5d"])
+@pytest.mark.parametrize("layers", [pytest.param(None, id="4d"), pytest.param(3, id="5d")])
 def test_kv_compact_contiguous(backend, dtype, layers, rng):
     B, Tmax, H, D, n = 3, 40, 2, 24, 8
     shape = (B, Tmax, H, D) if layers is None else (layers, B, Tmax, H, D)

@@ -27,7 +27,7 @@ def _th(a):
 
 
 @needs_cupy
-@pytest.mark.parametrize("paged", [False, True], ids=["contiguous", "paged"])
+@pytest.mark.parametrize("paged", [pytest.param(False, id="contiguous"), pytest.param(True, id="paged")])
 def test_cupy_kv_append_and_compact(paged):
     g = gen(11)
     B, T, H, D, page, max_pages = 4, 16, 8, 128, 32, 16

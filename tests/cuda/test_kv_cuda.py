@@ -8,7 +8,7 @@ from tests.cuda.support import CUDA, gen, randn
 
 
 @pytest.mark.parametrize("backend", CUDA)
-@pytest.mark.parametrize("paged", [False, True], ids=["contiguous", "paged"])
+@pytest.mark.parametrize("paged", [pytest.param(False, id="contiguous"), pytest.param(True, id="paged")])
 @pytest.mark.parametrize("H,D", [(8, 128), (2, 80), (3, 5)])
 def test_kv_append(backend, paged, H, D):
     g = gen()
@@ -39,7 +39,7 @@ def test_kv_append(backend, paged, H, D):
 
 
 @pytest.mark.parametrize("backend", CUDA)
-@pytest.mark.parametrize("layers", [None, 4], ids=["4d", "5d"])
+@pytest.mark.parametrize("layers", [pytest.param(None, id="4d"), pytest.param(4, id="5d")])
 def test_kv_compact(backend, layers):
     g = gen(7)
     B, Tmax, H, D, L = 4, 2048, 8, 128, 16

@@ -143,8 +143,10 @@ def _kv(paged, dtype=np.float16, B=3, T=4, H=2, D=64, Tmax=32, page=8, layers=No
 
 @needs_nvrtc
 @pytest.mark.skipif(shutil.which("c++filt") is None, reason="needs c++filt (binutils) to read kernel signatures")
-@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.int8], ids=["f16", "f32", "i8"])
-@pytest.mark.parametrize("paged", [False, True], ids=["contiguous", "paged"])
+@pytest.mark.parametrize("dtype", [pytest.param(np.float16, id="f16"),
+                                   pytest.param(np.float32, id="f32"),
+                                   pytest.param(np.int8, id="i8")])
+@pytest.mark.parametrize("paged", [pytest.param(False, id="contiguous"), pytest.param(True, id="paged")])
 def test_kv_launchers_match_kernel_signatures(launched, paged, dtype):
     _, mapping = _compile("90a")
     kc, vc, k, v, lens, table = _kv(paged, dtype)
@@ -165,7 +167,7 @@ def test_kv_launchers_match_kernel_signatures(launched, paged, dtype):
 @needs_nvrtc
 @pytest.mark.skipif(shutil.which("c++filt") is None, reason="needs c++filt (binutils) to read kernel signatures")
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
-@pytest.mark.parametrize("temperature", [0.0, 0.7], ids=["greedy", "sampled"])
+@pytest.mark.parametrize("temperature", [pytest.param(0.0, id="greedy"), pytest.param(0.7, id="sampled")])
 def test_sampling_launchers_match_kernel_signatures(launched, dtype, temperature):
     _, mapping = _compile("90a")
     B, n, V = 2, 3, 5000

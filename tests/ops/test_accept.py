@@ -45,7 +45,8 @@ def linear_case(dtype=torch.float32):
             torch.tensor(LINEAR_P, **I32))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("dtype", [pytest.param(torch.float32, id="float32"),
+                                   pytest.param(torch.bfloat16, id="bfloat16")])
 def test_linear_hand_built(backend, dtype):
     logits, draft, P = linear_case(dtype)
     need(backend, "accept_linear", logits, draft, P, 9, 0.0, None, None)
@@ -248,7 +249,8 @@ def plain_rejection(tl, dl, draft, P, eos_id, temp, seed, offset):
     return out
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("dtype", [pytest.param(torch.float32, id="float32"),
+                                   pytest.param(torch.bfloat16, id="bfloat16")])
 def test_rejection_matches_the_rule_bit_for_bit(backend, dtype):
     g = torch.Generator().manual_seed(7)
     B, n, V, temp = 24, 4, 37, 0.9

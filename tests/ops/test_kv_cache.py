@@ -20,7 +20,7 @@ def ids_tensor(*shape, start=0):
 # ---- write / append ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("append", [False, True], ids=["write", "append"])
+@pytest.mark.parametrize("append", [pytest.param(False, id="write"), pytest.param(True, id="append")])
 def test_write_bit_exact_ragged(backend, append):
     B, T, Tmax, H, D = 3, 5, 12, 2, 4
     kc, vc = ids_tensor(B, Tmax, H, D, start=10_000), ids_tensor(B, Tmax, H, D, start=20_000)
@@ -101,7 +101,7 @@ def test_length_errors_leave_lengths_unchanged(bad):
 # ---- compaction ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("layers", [None, 3], ids=["4d", "5d"])
+@pytest.mark.parametrize("layers", [pytest.param(None, id="4d"), pytest.param(3, id="5d")])
 def test_compact_quadratic_verify_slots(backend, layers):
     L, B, Tmax, H, D = 3, 2, 24, 2, 4
     shape = (B, Tmax, H, D) if layers is None else (layers, B, Tmax, H, D)

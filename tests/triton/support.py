@@ -17,7 +17,7 @@ DEV = "cuda" if CUDA else "cpu"
 if not CUDA and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
 
-TRITON = pytest.mark.parametrize("backend", ["triton"], ids=["triton"])  # the "[triton]" test id
+TRITON = pytest.mark.parametrize("backend", [pytest.param("triton", id="triton")])  # the "[triton]" test id
 NEEDS_CUDA = pytest.mark.skipif(not CUDA, reason="needs CUDA")
 I32 = dict(dtype=torch.int32, device=DEV)
 

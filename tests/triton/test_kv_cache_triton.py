@@ -119,7 +119,7 @@ def _src(B, n, span, seed):
 
 
 @TRITON
-@pytest.mark.parametrize("layers", [None, 3], ids=["4d", "5d"])
+@pytest.mark.parametrize("layers", [pytest.param(None, id="4d"), pytest.param(3, id="5d")])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_compact_contiguous(backend, layers, dtype):
     B, Tmax, H, D, n = 3, 24, 2, 4, 5
