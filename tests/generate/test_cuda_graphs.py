@@ -14,8 +14,9 @@ next generate call reuses the kept run and its graphs.
 import pytest
 import torch
 
-from tridiff import generate as gen
 from tridiff._checks import TridiffInputError
+from tridiff.decode import graphs
+from tridiff.decode.strategies import GRAPHED
 from tridiff.generate import generate
 
 L, N = 4, 8
@@ -52,7 +53,7 @@ def stand_in_graphs(monkeypatch):
     """Force the graphed path on CPU with a stand-in for warm-up and capture (no run is
     kept from another test, none is left behind)."""
     log = {"warm": 0, "capture": 0, "replay": 0}
-    gen._KEPT.clear()
+    graphs.KEPT.clear()
 
     def warm_up(fn):
         log["warm"] += 1
@@ -70,12 +71,12 @@ def stand_in_graphs(monkeypatch):
             assert _state(run) == captured, f"{fn.__name__} rebound or reallocated a state tensor"
         return replay
 
-    monkeypatch.setattr(gen, "_use_graphs",
-                        lambda flag, mode, device: "strict" if mode in gen.GRAPH_MODES else False)
-    monkeypatch.setattr(gen, "_warm_up", warm_up)
-    monkeypatch.setattr(gen, "_capture", capture)
+    monkeypatch.setattr(graphs, "use_graphs",
+                        lambda flag, mode, device: "strict" if mode in GRAPHED else False)
+    monkeypatch.setattr(graphs, "warm_up", warm_up)
+    monkeypatch.setattr(graphs, "capture", capture)
     yield log
-    gen._KEPT.clear()
+    graphs.KEPT.clear()
 
 
 @pytest.mark.parametrize("mode,extra", CASES, ids=IDS)
@@ -87,7 +88,7 @@ def test_stand_in_graphs_equal_eager(model, prompts, stand_in_graphs, mode, extr
     # one stepper per mode; a threshold draft has three (begin + pass, extra pass, verify)
     assert log["capture"] <= log["warm"] <= (3 if "threshold" in extra else 1)
     with pytest.MonkeyPatch.context() as mp:   # the graph switch really off
-        mp.setattr(gen, "_use_graphs", lambda flag, mode, device: False)
+        mp.setattr(graphs, "use_graphs", lambda flag, mode, device: False)
         eager = generate(model, prompts, **kw)
     assert stand_in_graphs == log   # the eager run went through no stand-in
     assert _fields(graphed) == _fields(eager)
@@ -103,14 +104,14 @@ def test_next_call_replays_the_kept_graphs(model, prompts, stand_in_graphs, mode
     other = [list(reversed(p)) + [3, 4][: b % 3] for b, p in enumerate(prompts)]
     assert [len(p) for p in other] != [len(p) for p in prompts]
     generate(model, prompts, seed=5, **kw)
-    kept = gen._KEPT[model][1]
+    kept = graphs.KEPT[model][1]
     after_first = dict(stand_in_graphs)
     second = generate(model, other, seed=9, **kw)
-    assert gen._KEPT[model][1] is kept
+    assert graphs.KEPT[model][1] is kept
     assert stand_in_graphs["warm"] == after_first["warm"] and stand_in_graphs["capture"] == after_first["capture"]
     assert stand_in_graphs["replay"] > after_first["replay"]
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(gen, "_use_graphs", lambda flag, mode, device: False)
+        mp.setattr(graphs, "use_graphs", lambda flag, mode, device: False)
         eager = generate(model, other, seed=9, **kw)
     assert _fields(second) == _fields(eager)
 
@@ -118,14 +119,14 @@ def test_next_call_replays_the_kept_graphs(model, prompts, stand_in_graphs, mode
 def test_kept_run_changes_with_the_arguments(model, prompts, stand_in_graphs):
     kw = dict(mode="ar", block_length=L, eos_id=-1)
     generate(model, prompts, max_new_tokens=N, **kw)
-    first = gen._KEPT[model][1]
+    first = graphs.KEPT[model][1]
     generate(model, prompts[:2], max_new_tokens=N, **kw)        # another batch size: a new run
-    assert gen._KEPT[model][1] is not first and stand_in_graphs["capture"] == 2
-    second = gen._KEPT[model][1]
+    assert graphs.KEPT[model][1] is not first and stand_in_graphs["capture"] == 2
+    second = graphs.KEPT[model][1]
     generate(model, prompts[:2], max_new_tokens=N + 1, **kw)    # another max_new_tokens: new again
-    assert gen._KEPT[model][1] is not second and stand_in_graphs["capture"] == 3
-    gen.release_graphs(model)
-    assert model not in gen._KEPT
+    assert graphs.KEPT[model][1] is not second and stand_in_graphs["capture"] == 3
+    graphs.release_graphs(model)
+    assert model not in graphs.KEPT
 
 
 def test_cuda_graphs_argument(model, prompts, monkeypatch):
@@ -134,18 +135,18 @@ def test_cuda_graphs_argument(model, prompts, monkeypatch):
         generate(model, prompts[:1], mode="ar", cuda_graphs=True, **kw)   # a CPU model
     with pytest.raises(TridiffInputError, match="cuda_graphs"):
         generate(model, prompts[:1], mode="ar", cuda_graphs="yes", **kw)
-    assert gen._use_graphs(None, "ar", torch.device("cpu")) is False
-    assert gen._use_graphs(None, "ar", torch.device("cuda")) is True
-    assert gen._use_graphs(None, "diffusion", torch.device("cuda")) is False
-    assert gen._use_graphs(False, "linear-spec", torch.device("cuda")) is False
-    assert gen._use_graphs(True, "quadratic-spec", torch.device("cuda")) == "strict"
+    assert graphs.use_graphs(None, "ar", torch.device("cpu")) is False
+    assert graphs.use_graphs(None, "ar", torch.device("cuda")) is True
+    assert graphs.use_graphs(None, "diffusion", torch.device("cuda")) is False
+    assert graphs.use_graphs(False, "linear-spec", torch.device("cuda")) is False
+    assert graphs.use_graphs(True, "quadratic-spec", torch.device("cuda")) == "strict"
     with pytest.raises(TridiffInputError, match="diffusion"):
-        gen._use_graphs(True, "diffusion", torch.device("cuda"))
+        graphs.use_graphs(True, "diffusion", torch.device("cuda"))
 
     def no_capture(fn):
         raise AssertionError("captured on CPU")
-    monkeypatch.setattr(gen, "_warm_up", no_capture)
-    monkeypatch.setattr(gen, "_capture", no_capture)
+    monkeypatch.setattr(graphs, "warm_up", no_capture)
+    monkeypatch.setattr(graphs, "capture", no_capture)
     out = generate(model, prompts[:1], mode="ar", **kw)   # None on CPU = eager
     assert len(out.results[0].tokens) == N
 
@@ -159,9 +160,9 @@ def test_failed_capture(model, prompts, monkeypatch, strict):
 
     def capture(fn):
         raise RuntimeError("operation not permitted when stream is capturing")
-    monkeypatch.setattr(gen, "_use_graphs", lambda flag, mode, device: "strict" if strict else True)
-    monkeypatch.setattr(gen, "_warm_up", lambda fn: fn())
-    monkeypatch.setattr(gen, "_capture", capture)
+    monkeypatch.setattr(graphs, "use_graphs", lambda flag, mode, device: "strict" if strict else True)
+    monkeypatch.setattr(graphs, "warm_up", lambda fn: fn())
+    monkeypatch.setattr(graphs, "capture", capture)
     if strict:
         with pytest.raises(RuntimeError, match="capturing"):
             generate(model, prompts, **kw)
@@ -177,8 +178,8 @@ def test_failed_capture(model, prompts, monkeypatch, strict):
 def graph_log(monkeypatch):
     """Counts real captures and replays (no run kept from another test, none left)."""
     log = {"capture": 0, "replay": 0}
-    real = gen._capture
-    gen._KEPT.clear()
+    real = graphs.capture
+    graphs.KEPT.clear()
 
     def capture(fn):
         log["capture"] += 1
@@ -188,9 +189,9 @@ def graph_log(monkeypatch):
             log["replay"] += 1
             replay()
         return counted
-    monkeypatch.setattr(gen, "_capture", capture)
+    monkeypatch.setattr(graphs, "capture", capture)
     yield log
-    gen._KEPT.clear()
+    graphs.KEPT.clear()
 
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from tridiff import _checks as chk
-from tridiff import generate as gen
+from tridiff.decode import hooks
 from tridiff.generate import generate
 
 L, N = 4, 8
@@ -101,42 +101,36 @@ def counting(audit):
 
 @pytest.fixture
 def audited(monkeypatch):
-    """An Audit wired into tridiff.generate._Run: steps, spaced checks, loop window."""
+    """An Audit wired into the loop's hooks (tridiff.decode.hooks): steps, spaced
+    checks, loop window."""
     audit = Audit()
-    Run = gen._Run
     meta = torch.empty(0, device="meta")
     orig_checkable = chk.values_checkable
     # What values_checkable answers for a device tensor in the current scope.
     monkeypatch.setattr(chk, "values_checkable", lambda x: orig_checkable(meta))
 
-    orig_stepper, orig_running, orig_masks, orig_results = Run.stepper, Run.running, Run.masks_left, Run.results
-
-    def stepper(self, fn):
+    def step(run, fn):
         audit.where = "loop"   # the loop starts once its steps are set up
 
-        def step():
+        def audited_step():
             audit.steps += 1
             with audit.at("step"):
                 fn()
-        return orig_stepper(self, step)
+        return audited_step
 
-    def check(orig):
-        def wrapped(self, i):
-            before = audit.reads["check"]
-            with audit.at("check"):
-                out = orig(self, i)
-            audit.checks.append((i % self.check_every, audit.reads["check"] - before))
-            return out
-        return wrapped
+    def host_check(run, i, check):
+        before = audit.reads["check"]
+        with audit.at("check"):
+            out = check()
+        audit.checks.append((i % run.check_every, audit.reads["check"] - before))
+        return out
 
-    def results(self):
+    def loop_done(run):
         audit.where = None
-        return orig_results(self)
 
-    monkeypatch.setattr(Run, "stepper", stepper)
-    monkeypatch.setattr(Run, "running", check(orig_running))
-    monkeypatch.setattr(Run, "masks_left", check(orig_masks))
-    monkeypatch.setattr(Run, "results", results)
+    monkeypatch.setattr(hooks, "step", step)
+    monkeypatch.setattr(hooks, "host_check", host_check)
+    monkeypatch.setattr(hooks, "loop_done", loop_done)
     with counting(audit):
         yield audit
 
@@ -175,12 +169,14 @@ def test_no_host_reads_inside_an_iteration(model, prompts, audited, mode, extra,
 
 def test_audit_catches_a_host_read_in_a_step(model, prompts, audited, monkeypatch):
     """The audit can fail: a step that reads a count on the host is reported."""
-    orig = gen._Run.count
+    audited_step = hooks.step
 
-    def count(self, rows):
-        int(rows.sum())
-        orig(self, rows)
-    monkeypatch.setattr(gen._Run, "count", count)
+    def step(run, fn):
+        def reading():
+            int(run.active.sum())
+            fn()
+        return audited_step(run, reading)
+    monkeypatch.setattr(hooks, "step", step)
     generate(model, prompts[:1], mode="ar", max_new_tokens=4, eos_id=-1, backend="torch")
     assert [w for w in audited.what if w[0] == "step"] == [("step", "__int__")] * 3
 
@@ -194,10 +190,9 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 def test_cuda_steps_never_synchronise(cuda_model, prompts, monkeypatch, mode, extra, graphs):
     kw = dict(mode=mode, max_new_tokens=N, block_length=L, eos_id=-1, cuda_graphs=graphs, **extra)
     generate(cuda_model, prompts, **kw)   # compiles kernels outside the audited run
-    orig_stepper = gen._Run.stepper
     steps = []
 
-    def stepper(self, fn):
+    def step_hook(run, fn):
         def step():
             steps.append(1)
             torch.cuda.set_sync_debug_mode("error")
@@ -205,7 +200,7 @@ def test_cuda_steps_never_synchronise(cuda_model, prompts, monkeypatch, mode, ex
                 fn()
             finally:
                 torch.cuda.set_sync_debug_mode("default")
-        return orig_stepper(self, step)
-    monkeypatch.setattr(gen._Run, "stepper", stepper)
+        return step
+    monkeypatch.setattr(hooks, "step", step_hook)
     out = generate(cuda_model, prompts, **kw)
     assert steps and all(len(r.tokens) >= N for r in out.results)
