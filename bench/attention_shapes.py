@@ -43,6 +43,12 @@ def mixed_quadratic_L(new: int) -> int:
     return L
 
 
+def anchor_bits(anchors) -> int:
+    """ANCHORED_QUADRATIC mode_args of an anchor set: bit a <=> anchor a, as an int32."""
+    bits = sum(1 << a for a in set(anchors))
+    return bits - (1 << 32) if bits >= 1 << 31 else bits
+
+
 def make_case(label: str, B: int, new: int) -> Case:
     if label == "CAUSAL":
         return Case(label, [Mode.CAUSAL] * B, [0] * B, [new] * B, new)
@@ -51,6 +57,11 @@ def make_case(label: str, B: int, new: int) -> Case:
     if label.startswith("QUADRATIC"):
         L = int(label[len("QUADRATIC"):])
         return Case(label, [Mode.QUADRATIC] * B, [L] * B, [L * (L + 1)] * B, L * (L + 1))
+    if label.startswith("ANCHORED"):
+        # "ANCHORED<L>x<k>": k anchors spread evenly over 0..L-1, the last at L-1
+        L, k = (int(x) for x in label[len("ANCHORED"):].split("x"))
+        arg = anchor_bits([(g + 1) * L // k - 1 for g in range(k)])
+        return Case(label, [Mode.ANCHORED_QUADRATIC] * B, [arg] * B, [L * (k + 1)] * B, L * (k + 1))
     if label == "MIXED":
         # One launch serving AR verify, diffusion draft, prefill+draft and one-forward
         # self-speculation rows side by side (nobody else does this in one kernel).
@@ -73,6 +84,12 @@ def new_visible_pairs(mode: int, arg: int, n: int) -> int:
         # d slot of sub-block a sees the a+1 d slots 0..a; each of its L mask slots sees
         # its own L+1 slots plus the a earlier d slots.
         return sum((a + 1) + L * (L + 1 + a) for a in range(L))
+    if mode == Mode.ANCHORED_QUADRATIC:
+        anchors = [a for a in range(32) if (arg % 2 ** 32) >> a & 1]
+        L = n // (len(anchors) + 1)
+        # clean row i sees clean keys 0..i; a mask row of anchor a sees clean keys 0..a
+        # and the L slots of its own group.
+        return L * (L + 1) // 2 + sum(L * (a + 1 + L) for a in anchors)
     if mode == Mode.CAUSAL_THEN_BIDIR:
         K = arg
         return (n - K) * (n - K + 1) // 2 + K * n

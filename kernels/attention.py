@@ -12,9 +12,12 @@ Keys are walked in two parts, never materialising a mask:
      with NUM_SPLITS > 1 this range is cut into NUM_SPLITS chunks (flash-decoding),
      one per program along grid axis 2, sized from the row's own P;
   2. new tokens (read from k/v, not from the cache), done by the last split only, over
-     just the key range the tile's rows can see (computed from P, n, mode, mode_arg).
-Visibility is recomputed per element from a few integers (mode per row from the int8
-modes tensor, so a mixed batch is one launch). Softmax is online, in base 2, fp32.
+     just the key range the tile's rows can see (computed from P, n, mode, mode_arg):
+     for ANCHORED_QUADRATIC, clean keys [0, max(last clean row, a_{g_hi})] and the
+     tile's own mask groups, never the groups between (a_g found by _anchor, a 32-step
+     running bit count, once per tile and once per row).
+Visibility is recomputed per element from three per-row bounds (from the mode per row
+of the int8 modes tensor, so a mixed batch is one launch). Softmax is online, in base 2, fp32.
 NUM_SPLITS == 1 writes the output directly; otherwise each split writes its normalised
 partial output and log2-sum-exp to a float32 workspace and merge_kernel combines them.
 """
@@ -26,6 +29,28 @@ CAUSAL = tl.constexpr(0)
 BIDIR_BLOCK = tl.constexpr(1)
 QUADRATIC = tl.constexpr(2)
 CAUSAL_THEN_BIDIR = tl.constexpr(3)
+ANCHORED_QUADRATIC = tl.constexpr(4)
+
+
+@triton.jit
+def _popcount(x):
+    """Set bits of uint32 x (SWAR; no popc instruction under the interpreter)."""
+    x = x - ((x >> 1) & 0x55555555)
+    x = (x & 0x33333333) + ((x >> 2) & 0x33333333)
+    x = (x + (x >> 4)) & 0x0F0F0F0F
+    return (x * 0x01010101) >> 24
+
+
+@triton.jit
+def _anchor(bits, g):
+    """a_g, the (g+1)-th set bit of uint32 `bits` (g scalar or tensor): the number of bit
+    positions with at most g set bits up to and including them."""
+    a = g * 0
+    seen = bits.to(tl.int32) * 0   # a scalar whatever g's shape: the bits are the row's
+    for b in tl.static_range(32):
+        seen += ((bits >> b) & 1).to(tl.int32)
+        a += (seen <= g).to(tl.int32)
+    return a
 
 
 @triton.jit
@@ -62,19 +87,39 @@ def _online_update(acc, m_i, l_i, q, k, v, visible, qk_scale, DOT_IEEE: tl.const
 
 
 @triton.jit
-def _new_key_visible(qpos, jn, n, mode, arg, sub):
-    """SPEC section 2 predicate among new tokens: may new row qpos [M] see new key jn [N]?"""
-    causal = jn[None, :] <= qpos[:, None]
-    everything = (mode == BIDIR_BLOCK) | ((mode == CAUSAL_THEN_BIDIR) & (qpos >= n - arg))
-    a = qpos // sub
-    a2 = jn // sub
-    quad = (((jn % sub) == 0)[None, :] & (a2[None, :] <= a[:, None])) | \
-        (((qpos % sub) != 0)[:, None] & (a2[None, :] == a[:, None]))
-    return tl.where(mode == QUADRATIC, quad, causal | everything[:, None])
+def _new_key_visible(jn, sub, hi1, lo2, width):
+    """SPEC section 2 among new tokens, from per-row bounds (_row_bounds): row r sees new
+    key jn [N] (< n) iff jn <= hi1[r] (QUADRATIC: d slots only, jn % sub == 0) or
+    lo2[r] <= jn < lo2[r] + width."""
+    first = (jn[None, :] <= hi1[:, None]) & ((jn % sub) == 0)[None, :]
+    return first | ((jn[None, :] >= lo2[:, None]) & (jn[None, :] < lo2[:, None] + width))
 
 
 @triton.jit
-def _new_keys_phase(acc, m_i, l_i, q, K, V, b64, kvh, qpos, n, mode, arg, sub,
+def _row_bounds(qpos, n, mode, arg, sub, bits, lq):
+    """Per query row, the new keys it sees as (hi1, lo2, width), see _new_key_visible
+    (lo2 = n: no second range):
+      CAUSAL: [0, qpos]; BIDIR_BLOCK, CAUSAL_THEN_BIDIR's last arg rows: [0, n);
+      QUADRATIC (sub = L+1, sub-block a = qpos // sub): d slots <= a*sub, and unless the
+        row is a d slot, its own sub-block [a*sub, a*sub + sub);
+      ANCHORED_QUADRATIC (bits, lq = L; group g = qpos // L - 1, -1 = clean): clean rows
+        [0, qpos]; mask rows clean keys [0, a_g] and their own group [(g+1)L, (g+2)L)."""
+    everything = (mode == BIDIR_BLOCK) | ((mode == CAUSAL_THEN_BIDIR) & (qpos >= n - arg))
+    is_quad = mode == QUADRATIC
+    is_anc = mode == ANCHORED_QUADRATIC
+    a = qpos // sub
+    grp = qpos // lq - 1
+    anc = _anchor(bits, grp)
+    hi1 = tl.where(is_quad, a * sub,
+                   tl.where(is_anc & (grp >= 0), anc, tl.where(everything, n - 1, qpos)))
+    own_q = is_quad & (qpos % sub != 0)
+    own_a = is_anc & (grp >= 0)
+    lo2 = tl.where(own_q, a * sub, tl.where(own_a, (grp + 1) * lq, n))
+    return hi1, lo2, tl.where(is_quad, sub, lq)
+
+
+@triton.jit
+def _new_keys_phase(acc, m_i, l_i, q, K, V, b64, kvh, n, sub, hi1, lo2, width,
                     base, step, count, skip_d_slots, qk_scale,
                     s_kb, s_kt, s_kh, s_vb, s_vt, s_vh,
                     BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, DOT_IEEE: tl.constexpr):
@@ -90,7 +135,7 @@ def _new_keys_phase(acc, m_i, l_i, q, K, V, b64, kvh, qpos, n, mode, arg, sub,
         v = tl.load(V + b64 * s_vb + jn[:, None].to(tl.int64) * s_vt + kvh * s_vh + offs_d[None, :],
                     mask=kmask[:, None], other=0.0)
         keep = kmask & (((jn % sub) != 0) | (skip_d_slots == 0))
-        visible = _new_key_visible(qpos, jn, n, mode, arg, sub) & keep[None, :]
+        visible = _new_key_visible(jn, sub, hi1, lo2, width) & keep[None, :]
         acc, m_i, l_i = _online_update(acc, m_i, l_i, q, k, v, visible, qk_scale, DOT_IEEE)
     return acc, m_i, l_i
 
@@ -167,7 +212,10 @@ def attention_kernel(
 
     # 2. new tokens, last split only, over the key range the tile's rows can see.
     is_quad = mode == QUADRATIC
+    is_anc = mode == ANCHORED_QUADRATIC
     sub = tl.where(is_quad, arg + 1, 1)          # QUADRATIC sub-block length L + 1
+    bits = tl.where(is_anc, arg, 0).to(tl.uint32, bitcast=True)   # ANCHORED_QUADRATIC anchor mask
+    lq = tl.maximum(tl.where(is_anc, n // (_popcount(bits).to(tl.int32) + 1), 1), 1)   # its L
     q_last = tl.minimum(q0 + BLOCK_Q, n) - 1
     sees_all = (mode == BIDIR_BLOCK) | ((mode == CAUSAL_THEN_BIDIR) & (q_last >= n - arg))
     a_lo = q0 // sub
@@ -175,18 +223,32 @@ def attention_kernel(
     # A d-slot row sees d slots only: when the tile ends on one, its sub-block's own keys
     # are needed by no row of the tile.
     a_own = a_hi - (q_last % sub == 0).to(tl.int32)
-    # non-QUADRATIC: keys [0, hi). QUADRATIC: phase one gathers the d slots a' <= a_hi
-    # (stride L+1), phase two the tile's own sub-blocks a_lo..a_own minus their d slots.
-    count1 = tl.where(is_quad, a_hi + 1, tl.where(sees_all, n, q_last + 1))
-    count2 = tl.where(is_quad, tl.maximum(a_own - a_lo + 1, 0) * sub, 0)
+    # ANCHORED_QUADRATIC: mask groups g_lo..g_hi (-1 = clean rows). Clean keys up to the
+    # last clean row and up to a_{g_hi} (anchors increase with g), then the groups' own keys.
+    g_lo = tl.maximum(q0 // lq - 1, 0)
+    g_hi = q_last // lq - 1
+    c_last = tl.where(q0 < lq, tl.minimum(q_last, lq - 1), -1)
+    c_last = tl.maximum(c_last, tl.where(g_hi >= 0, _anchor(bits, g_hi), -1))
+    # phase one: keys [0, count1) (QUADRATIC: the d slots a' <= a_hi, stride L+1);
+    # phase two: QUADRATIC's own sub-blocks a_lo..a_own minus their d slots, or
+    # ANCHORED_QUADRATIC's own groups g_lo..g_hi.
+    count1 = tl.where(is_quad, a_hi + 1, tl.where(is_anc, c_last + 1, tl.where(sees_all, n, q_last + 1)))
+    count2 = tl.where(is_quad, tl.maximum(a_own - a_lo + 1, 0) * sub,
+                      tl.where(is_anc, tl.maximum(g_hi - g_lo + 1, 0) * lq, 0))
+    base2 = tl.where(is_anc, (g_lo + 1) * lq, a_lo * sub)
     last = split == NUM_SPLITS - 1
     count1 = tl.where(tile_live & last, count1, 0)
     count2 = tl.where(tile_live & last, count2, 0)
-    acc, m_i, l_i = _new_keys_phase(acc, m_i, l_i, q, K, V, b64, kvh, qpos, n, mode, arg, sub,
+    hi1, lo2, width = _row_bounds(qpos, n, mode, arg, sub, bits, lq)
+    acc, m_i, l_i = _new_keys_phase(acc, m_i, l_i, q, K, V, b64, kvh, n, sub, hi1, lo2, width,
                                     0, sub, count1, 0, qk_scale,
                                     s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, BLOCK_N, HEAD_DIM, DOT_IEEE)
-    acc, m_i, l_i = _new_keys_phase(acc, m_i, l_i, q, K, V, b64, kvh, qpos, n, mode, arg, sub,
-                                    a_lo * sub, 1, count2, 1, qk_scale,
+    # Phase two drops keys jn % sub == 0 (QUADRATIC's d slots, seen in phase one); an
+    # ANCHORED_QUADRATIC group starts at jn >= L > 0, so stride n + 1 drops none of its
+    # keys (a constant flag here: a runtime one costs a register spill at decode shapes).
+    sub2 = tl.where(is_anc, n + 1, sub)
+    acc, m_i, l_i = _new_keys_phase(acc, m_i, l_i, q, K, V, b64, kvh, n, sub2, hi1, lo2, width,
+                                    base2, 1, count2, 1, qk_scale,
                                     s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, BLOCK_N, HEAD_DIM, DOT_IEEE)
 
     # Epilogue: rows past q_len, padded group heads and rows with no key get 0.

@@ -4,8 +4,8 @@ The kernel runs in Triton's interpreter while bench.attention_work counts its tl
 calls (two per key tile). For every query tile, the new keys it must touch are the union
 U of the keys visible to any of its rows (the reference mask); a kernel that skips hidden
 tiles processes ceil(P / BLOCK_N) cache tiles plus ceil(|U| / BLOCK_N) new-key tiles, exactly,
-and for QUADRATIC rows at most one more (their d slots and own sub-blocks are walked as
-two ranges). A
+and for QUADRATIC and ANCHORED_QUADRATIC rows at most one more (their d slots or clean
+keys and their own sub-blocks or groups are walked as two ranges). A
 kernel that walked hidden tiles (e.g. every new key for QUADRATIC rows) exceeds that.
 No time is measured.
 """
@@ -19,12 +19,13 @@ if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
 if torch.cuda.is_available():
     pytest.skip("counts work in Triton's interpreter, which the GPU run does not use", allow_module_level=True)
 
-from bench.attention_shapes import Case  # noqa: E402
+from bench.attention_shapes import Case, anchor_bits  # noqa: E402
 from bench.attention_work import case_args, key_tiles, quadratic_vs_causal  # noqa: E402
 from tridiff import Mode  # noqa: E402
 from tridiff.reference.attention import visibility  # noqa: E402
 
 C, BI, QU, CB = Mode.CAUSAL, Mode.BIDIR_BLOCK, Mode.QUADRATIC, Mode.CAUSAL_THEN_BIDIR
+AN = Mode.ANCHORED_QUADRATIC
 CFG = dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1)
 
 
@@ -40,7 +41,7 @@ def tile_bounds(args, cfg, group_p2):
         for q0 in range(0, n, block_q):
             union = int(vis[b, q0:q0 + block_q].any(0).sum())
             need = -(-P // bn) + -(-union // bn)
-            lo, hi = lo + need, hi + need + (int(modes[b]) == Mode.QUADRATIC)
+            lo, hi = lo + need, hi + need + (int(modes[b]) in (QU, AN))
     return lo, hi
 
 
@@ -51,6 +52,9 @@ ROWS = {
     "quadratic_L3": ([QU], [3], [12], 0),
     "quadratic_L8": ([QU, QU], [8, 8], [72, 72], 5),
     "mixed": ([C, QU, BI, CB], [0, 4, 0, 5], [20, 20, 17, 20], 9),
+    "anchored_L4": ([AN, AN], [anchor_bits([1, 3]), anchor_bits([0])], [12, 8], 5),
+    "anchored_L8_k4": ([AN], [anchor_bits([0, 3, 5, 7])], [40], 20),
+    "anchored_mixed": ([C, AN, QU], [0, anchor_bits([2, 6]), 3], [20, 24, 12], 9),
 }
 
 

@@ -21,6 +21,7 @@ from tridiff.triton import attention as ta
 ref = importlib.import_module("tridiff.reference.attention")  # the package re-exports the function
 
 C, BI, QU, CB = int(Mode.CAUSAL), int(Mode.BIDIR_BLOCK), int(Mode.QUADRATIC), int(Mode.CAUSAL_THEN_BIDIR)
+AN = int(Mode.ANCHORED_QUADRATIC)
 DTYPES = [torch.bfloat16, torch.float16] if CUDA else [torch.float32, torch.float16]
 D0 = 128 if CUDA else 64           # head_dim of most cases
 HKV = 8 if CUDA else 2             # KV heads where a case does not fix them
@@ -28,6 +29,12 @@ PSCALE = 100 if CUDA else 1        # committed lengths are multiplied by this
 # Guards only the degenerate case of an (almost) exact torch result; measured kernel/torch
 # error ratios on CPU are 0.4-1.05 (the output rounding dominates both).
 ATOL = {torch.float32: 1e-7, torch.float16: 1e-5, torch.bfloat16: 1e-5}
+
+
+def anchors(*a) -> int:
+    """ANCHORED_QUADRATIC mode_args of anchor set a: bit a set, as the int32 of those bits."""
+    bits = sum(1 << x for x in a)
+    return bits - (1 << 32) if bits >= 1 << 31 else bits
 
 
 def make_args(rows, dtype, Hq_per_kv=2, Hkv=HKV, D=D0, page=None, Tq=None, write_kv=False, seed=0):
@@ -91,6 +98,7 @@ MODE_ROWS = {
     "bidir": [(BI, 0, 11, 6), (BI, 0, 0, 1)],
     "quadratic_L2": [(QU, 2, 11, 6), (QU, 2, 0, 6)],
     "causal_then_bidir": [(CB, 3, 11, 6), (CB, 2, 0, 4)],
+    "anchored": [(AN, anchors(1), 11, 6), (AN, anchors(0, 1), 0, 6)],
 }
 
 
@@ -108,6 +116,11 @@ TILE_CASES = {  # rows, GQA group, BLOCK_M: query tiles (BLOCK_M // group positi
     "quad-L3-gqa1-m16": ([(QU, 3, 17, 12), (QU, 3, 0, 12)], 1, 16),
     # a tile whose last row is the first bidirectional row n-K (sees everything)
     "ctb-gqa4-m16": ([(CB, 3, 5, 6), (CB, 5, 0, 9), (C, 0, 2, 9)], 4, 16),
+    # ANCHORED_QUADRATIC: one group per tile (L=4, 4 positions), tiles cutting groups
+    # (L=3), tiles of two groups and of clean + mask rows (L=8, 16 positions)
+    "anc-L4-gqa4-m16": ([(AN, anchors(0, 2, 3), 17, 16), (AN, anchors(1, 3), 0, 12)], 4, 16),
+    "anc-L3-gqa4-m16": ([(AN, anchors(0, 2), 17, 9), (AN, anchors(1), 0, 6)], 4, 16),
+    "anc-L8-gqa1-m16": ([(AN, anchors(1, 2, 5, 7), 17, 40), (AN, anchors(6), 0, 16)], 1, 16),
 }
 
 
@@ -120,10 +133,61 @@ def test_query_tiles_cut_blocks(backend, case):
     check_output(run_triton(args, config=cfg), args)
 
 
+ANCHOR_GRID = sorted({(L, min(k, L)) for L in (4, 8, 16) for k in (1, 2, 4, L)})
+
+
+@TRITON
+@pytest.mark.parametrize("L,k", ANCHOR_GRID, ids=[f"L{L}-k{k}" for L, k in ANCHOR_GRID])
+def test_anchored_quadratic(backend, L, k):
+    """k anchors spread over 0..L-1 (the last one at L-1), beside an idle anchored row."""
+    chosen = sorted({(i * L) // k for i in range(k)} | {L - 1})[-k:]
+    args = make_args([(AN, anchors(*chosen), 9, L * (k + 1)), (AN, anchors(0), 3, 0)], DTYPES[0])
+    check_output(run_triton(args), args)
+
+
+@TRITON
+def test_anchored_bit31(backend):
+    """L = 32 with anchor 31: the mask is a negative int32."""
+    args = make_args([(AN, anchors(0, 31), 4, 96)], DTYPES[0], Hq_per_kv=1, Hkv=1)
+    assert int(args[7][0]) < 0
+    check_output(run_triton(args), args)
+
+
+@TRITON
+def test_anchored_all_anchors_is_quadratic_permuted(backend):
+    """Anchors {0..L-1} compute QUADRATIC(L) with rows and keys in clean-first order."""
+    L = 4
+    quad = make_args([(QU, L, 7, L * (L + 1)), (QU, L, 0, L * (L + 1))], DTYPES[0])
+    perm = torch.tensor([a if b == 0 else L + a * L + b - 1 for a in range(L) for b in range(L + 1)], device=DEV)
+    moved = []
+    for x in quad[:3]:
+        y = torch.full_like(x, float("nan"))
+        y[:, perm] = x
+        moved.append(y)
+    anch = normalize_attention_args(*moved, *quad[3:6], torch.full_like(quad[6], AN),
+                                    torch.full_like(quad[7], anchors(*range(L))), *quad[8:])
+    want = run_triton(quad)
+    got = run_triton(anch)
+    check_output(got, anch)
+    tol = 1e-5 if DTYPES[0] == torch.float32 else 2e-2
+    assert torch.allclose(got[:, perm].float(), want.float(), atol=tol, rtol=0)
+
+
 # ---- mixed batches, layouts ----------------------------------------------------------------------
 
 MIXED = [(C, 0, 20, 1), (QU, 2, 0, 6), (CB, 2, 9, 5)]          # AR decode beside blocks
 MIXED2 = [(BI, 0, 7, 6), (C, 0, 0, 6), (QU, 1, 30, 2)]
+MIXED_AN = [(AN, anchors(0, 3), 20, 12), (C, 0, 0, 5), (AN, anchors(2), 9, 6), (AN, anchors(1), 3, 0)]
+
+
+@TRITON
+@pytest.mark.parametrize("page", [None, 16], ids=["contiguous", "page16"])
+@pytest.mark.parametrize("splits", [1, 3])
+def test_anchored_mixed_layouts_splits(backend, page, splits):
+    """Anchored rows with different masks beside a causal row and an idle anchored row;
+    paged and split-KV."""
+    args = make_args(MIXED_AN, DTYPES[0], Hq_per_kv=2, page=page)
+    check_output(run_triton(args, num_splits=splits), args)
 
 
 @TRITON
@@ -223,6 +287,24 @@ def test_write_kv_bit_exact(backend, page, splits):
             want_k[idx], want_v[idx] = k[b, i], v[b, i]
     assert torch.equal(kc, want_k) and torch.equal(vc, want_v), "cache writes wrong or stray"
     assert torch.equal(P, P0), "write_kv must not advance the lengths"
+    check_output(out, args)
+
+
+@TRITON
+@pytest.mark.parametrize("page", [None, 16], ids=["contiguous", "page16"])
+def test_anchored_write_kv_bit_exact(backend, page):
+    """All n = L*(k+1) new rows land at P..P+n-1."""
+    args = make_args(MIXED_AN, DTYPES[0], page=page, write_kv=True)
+    q, k, v, kc, vc, P, modes, mode_args, q_lens, table = args[:10]
+    k0, v0 = kc.clone(), vc.clone()
+    out = run_triton(args)
+    want_k, want_v = k0.clone(), v0.clone()
+    for b in range(len(MIXED_AN)):
+        for i in range(int(q_lens[b])):
+            t = int(P[b]) + i
+            idx = (int(table[b, t // page]), t % page) if page else (b, t)
+            want_k[idx], want_v[idx] = k[b, i], v[b, i]
+    assert torch.equal(kc, want_k) and torch.equal(vc, want_v), "cache writes wrong or stray"
     check_output(out, args)
 
 
