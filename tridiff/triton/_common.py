@@ -16,6 +16,12 @@ import struct
 
 import torch
 
+BLOCK_V = 4096
+BLOCK_V_INTERPRET = 256
+TARGET_PROGRAMS_INTERPRET = 4  # small, so tiny CPU tests still exercise S > 1
+NUM_WARPS = 8
+
+
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -39,12 +45,6 @@ def device_reason(*tensors):
             continue
         return f"Triton needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors), got {t.device}"
     return None
-
-
-BLOCK_V = 4096
-BLOCK_V_INTERPRET = 256
-TARGET_PROGRAMS_INTERPRET = 4  # small, so tiny CPU tests still exercise S > 1
-NUM_WARPS = 8
 
 
 def cdiv(a: int, b: int) -> int:
