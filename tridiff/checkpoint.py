@@ -17,7 +17,7 @@ import json
 import math
 import os
 import re
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
@@ -180,6 +180,56 @@ def normalise_adapter_key(name: str) -> str:
     returned unchanged (and then reported as unexpected)."""
     m = re.search(r"(?:^|\.)layers\.(\d+)\.self_attn\.o_proj\.lora_([AB])(?:\.[A-Za-z0-9_-]+)?\.weight$", name)
     return adapter_key(int(m.group(1)), m.group(2)) if m else name
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    """A checkpoint directory whose tensor names and shapes are checked; no weight read yet."""
+    config: ModelConfig                          # lora set when an adapter is loaded
+    weights: dict[str, tuple[str, tuple]]        # base tensor -> (file, shape)
+    adapter: Optional[dict[str, tuple[str, tuple]]]  # adapter tensor as stored -> (file, shape)
+
+
+def open_checkpoint(directory, adapter: Union[str, bool, None, os.PathLike] = "auto") -> Checkpoint:
+    """Read config.json and the safetensors headers of `directory` (single or sharded)
+    and check every tensor name and shape; CheckpointError names the first missing,
+    unexpected or mis-shaped tensor, ConfigError the first bad config field.
+
+    adapter: "auto" takes linear_spec_lora/ if present; True requires it; False or None
+    skips it; a path takes the adapter from there.
+    """
+    directory = os.fspath(directory)
+    config = ModelConfig.from_json(directory)
+    found = scan(weight_files(directory))
+    check_tensors(found, expected_shapes(config))
+    adapter_dir = _adapter_dir(directory, adapter)
+    if adapter_dir is None:
+        return Checkpoint(config, found, None)
+    lora = read_adapter_config(adapter_dir, config)
+    if not os.path.exists(os.path.join(adapter_dir, ADAPTER_WEIGHTS)):
+        raise CheckpointError(f"{ADAPTER_WEIGHTS}: missing from {adapter_dir}")
+    raw = scan([os.path.join(adapter_dir, ADAPTER_WEIGHTS)])
+    by_key = {}
+    for name, entry in raw.items():
+        key = normalise_adapter_key(name)
+        if key in by_key:
+            raise CheckpointError(f"{name}: stored twice in the adapter")
+        by_key[key] = entry
+    check_tensors(by_key, adapter_shapes(config, lora.rank), what="adapter")
+    return Checkpoint(dataclasses.replace(config, lora=lora), found, raw)
+
+
+def _adapter_dir(directory: str, adapter) -> Optional[str]:
+    default = os.path.join(directory, ADAPTER_DIR)
+    if adapter == "auto":
+        return default if os.path.isdir(default) else None
+    if adapter is True:
+        if not os.path.isdir(default):
+            raise CheckpointError(f"{ADAPTER_DIR}: adapter=True but {default} does not exist")
+        return default
+    if adapter in (False, None):
+        return None
+    return os.fspath(adapter)
 
 
 # ---- writing ---------------------------------------------------------------------------------

@@ -103,12 +103,12 @@ def test_dtype_conversion_keeps_one_copy_and_the_same_logits(dtype):
 @pytest.mark.parametrize("N,K", [(1536, 256), (512, 96), (100, 64)], ids=["blocks", "two-blocks", "fallback"])
 @pytest.mark.parametrize("lead", [(1, 1), (2, 1), (1, 4), (5, 1), (2, 9), (1, 128), (3, 50)])
 def test_projection_within_twice_f_linear_error(dtype, N, K, lead):
-    """tridiff.model.linear (one batched GEMM over weight row blocks for up to BMM_ROWS
+    """tridiff.projection.linear (one batched GEMM over weight row blocks for up to BMM_ROWS
     CPU rows; (3, 50) = 150 rows takes F.linear) against the fp64 product:
     error <= 2x F.linear's own in the same dtype; same shape, dtype and layout."""
     import torch.nn.functional as F
 
-    from tridiff.model import linear
+    from tridiff.projection import linear
 
     g = torch.Generator().manual_seed(N + K + sum(lead))
     x64 = torch.randn(*lead, K, generator=g, dtype=torch.float64)
@@ -125,13 +125,13 @@ def test_projection_within_twice_f_linear_error(dtype, N, K, lead):
 def test_per_layer_rotary_and_norm_are_the_plain_formulas_bit_for_bit(dtype):
     """The forward's rotary (roll with a signed sin table) and RMS norm (F.rms_norm for
     fp32/fp64) give exactly tridiff.rotary.apply_rotary and transformers' formula."""
-    from tridiff.model import _rotary_tables, _rotate, rms_norm
+    from tridiff.layers import rms_norm, rotary_tables, rotate
     from tridiff.rotary import apply_rotary
 
     g = torch.Generator().manual_seed(3)
     x = torch.randn(2, 5, 6, 32, generator=g).to(dtype)
     cos, sin = (torch.randn(2, 5, 32, generator=g).to(dtype) for _ in range(2))
-    assert torch.equal(_rotate(x, *_rotary_tables(cos, sin)), apply_rotary(x, cos, sin))
+    assert torch.equal(rotate(x, *rotary_tables(cos, sin)), apply_rotary(x, cos, sin))
     h = (torch.randn(3, 7, 96, generator=g) * 3).to(dtype)
     w = (1 + 0.1 * torch.randn(96, generator=g)).to(dtype)
     acc = torch.float64 if dtype == torch.float64 else torch.float32
@@ -145,7 +145,7 @@ def test_position_tables_are_the_rotary_and_scale_formulas(dtype):
     """Forwards with default positions gather cos/sin/query-scale rows from per-position
     tables: each row must be exactly what the formulas give at that position (positions
     past the llama-4 threshold included), and the tables grow when a cache needs more."""
-    from tridiff.model import _rotary_tables
+    from tridiff.layers import rotary_tables
     from tridiff.rotary import cos_sin, llama4_query_scale
 
     model = _model(dtype)
@@ -153,7 +153,7 @@ def test_position_tables_are_the_rotary_and_scale_formulas(dtype):
     pos = torch.tensor([[0, 1, 63, 64, 65, 127, 128, 300], [7, 8, 9, 10, 11, 12, 13, 14]])
     size, cos_t, sin_t, scale_t = model._position_tables(301)
     assert size >= 301
-    cos, sin = _rotary_tables(*cos_sin(pos, model.inv_freq, c.attention_factor, dtype))
+    cos, sin = rotary_tables(*cos_sin(pos, model.inv_freq, c.attention_factor, dtype))
     scale = llama4_query_scale(pos, c.llama_4_scaling_beta, c.original_max_position_embeddings, dtype)
     assert torch.equal(cos_t[pos], cos) and torch.equal(sin_t[pos], sin) and torch.equal(scale_t[pos], scale)
     assert model._position_tables(5 * size)[0] >= 5 * size
