@@ -110,6 +110,84 @@ def test_quadratic_key_walks(backend, case):
     assert (got - truth(t)).abs().max().item() < 1e-12
 
 
+def anchors(*a) -> int:
+    """ANCHORED_QUADRATIC mode_args of anchor set a: bit a set, as the int32 of those bits."""
+    bits = sum(1 << x for x in a)
+    return bits - (1 << 32) if bits >= 1 << 31 else bits
+
+
+AN = 4
+# ANCHORED_QUADRATIC key walks (clean keys up to max(last clean row, a_{g_hi}), then the
+# tile's own groups): tiles cutting groups (L=32, 64 positions), many groups per tile
+# (L=4, 16 positions at group 4), every anchor (L=16), bit 31 (L=32), a committed cache.
+ANCHOR_WALKS = {
+    "L32_k4_gqa1": ([(AN, anchors(3, 9, 20, 31), 5, 160)], 1),
+    "L16_k16_gqa2": ([(AN, anchors(*range(16)), 70, 272)], 2),
+    "L8_k2_gqa4": ([(AN, anchors(0, 6), 0, 24), (AN, anchors(7), 3, 16)], 4),
+    "L4_k4_gqa4": ([(AN, anchors(0, 1, 2, 3), 9, 20)], 4),
+    "L32_bit31_gqa1": ([(AN, anchors(31), 1, 64), (AN, anchors(2), 4, 0)], 1),
+}
+
+
+@pytest.mark.parametrize("backend", CPP)
+@pytest.mark.parametrize("case", list(ANCHOR_WALKS))
+def test_anchored_key_walks(backend, case):
+    rows, group = ANCHOR_WALKS[case]
+    t = make(rows, 2 * group, 2, 16, torch.float64, seed=len(case))
+    for splits in (1, 3):
+        got = run(t, num_splits=splits)
+        assert (got - truth(t)).abs().max().item() < 1e-12
+
+
+MIXED_AN = [(AN, anchors(1, 4), 40, 24), (0, 0, 100, 1), (AN, anchors(0, 2, 7, 8, 15), 7, 96), (2, 3, 9, 12),
+            (AN, anchors(5), 3, 0), (3, 8, 20, 30)]
+
+
+@pytest.mark.parametrize("backend", CPP)
+@pytest.mark.parametrize("dtype", LOW, ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("splits", [1, 3])
+def test_anchored_mixed_vs_reference(backend, dtype, splits):
+    """Anchored rows with different masks beside other modes and an idle anchored row."""
+    t = make(MIXED_AN, 8, 2, 64, dtype, seed=splits)
+    check_error(run(t, num_splits=splits), t)
+
+
+@pytest.mark.parametrize("backend", CPP)
+@pytest.mark.parametrize("L", [4, 8, 16])
+def test_anchored_all_anchors_is_quadratic_permuted(backend, L):
+    n = L * (L + 1)
+    perm = torch.tensor([a if b == 0 else L + a * L + b - 1 for a in range(L) for b in range(L + 1)])
+    quad = make([(2, L, 30, n), (2, L, 0, n)], 8, 2, 32, torch.float64, seed=L)
+    anch = dict(quad)
+    for key in ("q", "k", "v"):
+        anch[key] = torch.full_like(quad[key], float("nan"))
+        anch[key][:, perm] = quad[key]
+    anch["modes"] = torch.full_like(quad["modes"], AN)
+    anch["mode_args"] = torch.full_like(quad["mode_args"], anchors(*range(L)))
+    got = run(anch)
+    assert torch.allclose(got[:, perm], run(quad), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("backend", CPP)
+@pytest.mark.parametrize("page", [1, 16])
+def test_anchored_paged_and_write_kv_bit_exact(backend, page):
+    """Paged output == contiguous output bit for bit; write_kv puts all n rows at P.. ."""
+    t = make(MIXED_AN, 8, 2, 64, torch.bfloat16, seed=page, extra=0)
+    want = run(t, num_splits=2)
+    p = dict(t)
+    p["k_cache"], table = to_paged(t["k_cache"], page, torch.Generator().manual_seed(page))
+    p["v_cache"], _ = to_paged(t["v_cache"], page, torch.Generator().manual_seed(page))
+    k0, v0 = p["k_cache"].clone(), p["v_cache"].clone()
+    assert torch.equal(run(p, block_table=table, num_splits=2), want)
+    assert torch.equal(run(p, block_table=table, write_kv=True, num_splits=2), want)
+    for b, (_, _, P, n) in enumerate(MIXED_AN):
+        for i in range(n):
+            pos = P + i
+            idx = (int(table[b, pos // page]), pos % page)
+            k0[idx], v0[idx] = t["k"][b, i], t["v"][b, i]
+    assert torch.equal(p["k_cache"], k0) and torch.equal(p["v_cache"], v0)
+
+
 @pytest.mark.parametrize("backend", CPP)
 @pytest.mark.parametrize("Hq,Hkv", [(4, 4), (6, 2), (64, 1)], ids=["gqa1", "gqa3", "gqa64"])
 def test_group_sizes(backend, Hq, Hkv):

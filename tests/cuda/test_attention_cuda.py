@@ -98,6 +98,65 @@ def test_mixed_modes_ragged(backend, dtype, splits):
     check_error(run(t, num_splits=splits), t)
 
 
+def anchors(*a) -> int:
+    """ANCHORED_QUADRATIC mode_args of anchor set a: bit a set, as the int32 of those bits."""
+    bits = sum(1 << x for x in a)
+    return bits - (1 << 32) if bits >= 1 << 31 else bits
+
+
+AN = 4
+# ANCHORED_QUADRATIC rows (mode 4, L*(k+1) tokens) with k in {1, 2, 4, L} and L in {4, 8, 16},
+# bit 31 (L = 32), an idle row, beside a verify block and a QUADRATIC(4) row.
+ANCHORED = [(AN, anchors(3), 4000, 8), (AN, anchors(1, 6), 700, 24), (AN, anchors(0, 5, 9, 15), 9000, 80),
+            (AN, anchors(*range(16)), 3000, 272), (AN, anchors(*range(4)), 0, 20), (AN, anchors(0, 31), 1200, 96),
+            (AN, anchors(2), 50, 0), (0, 0, 4096, 32), (2, 4, 5003, 20)]
+
+
+@pytest.mark.parametrize("backend", CUDA)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("splits", [None, 1, 5])
+def test_anchored_quadratic_mixed(backend, dtype, splits):
+    t = make(ANCHORED, dtype=dtype, seed=17, Tq=272)
+    check_error(run(t, num_splits=splits), t)
+
+
+@pytest.mark.parametrize("backend", CUDA)
+@pytest.mark.parametrize("L", [4, 8, 16])
+def test_anchored_all_anchors_is_quadratic_permuted(backend, L):
+    n = L * (L + 1)
+    perm = torch.tensor([a if b == 0 else L + a * L + b - 1 for a in range(L) for b in range(L + 1)], device="cuda")
+    quad = make([(2, L, 3000, n), (2, L, 0, n)], seed=L, Tq=n)
+    anch = dict(quad)
+    for key in ("q", "k", "v"):
+        anch[key] = torch.full_like(quad[key], float("nan"))
+        anch[key][:, perm] = quad[key]
+    anch["modes"] = torch.full_like(quad["modes"], AN)
+    anch["mode_args"] = torch.full_like(quad["mode_args"], anchors(*range(L)))
+    got = run(anch)
+    check_error(got, anch)
+    assert torch.allclose(got[:, perm].float(), run(quad).float(), atol=2e-2, rtol=0)
+
+
+@pytest.mark.parametrize("backend", CUDA)
+@pytest.mark.parametrize("page", [1, 16])
+def test_anchored_paged_and_write_kv_bit_exact(backend, page):
+    rows = ANCHORED[:4] + ANCHORED[6:]
+    t = make(rows, seed=page, Tq=272)
+    want = run(t, num_splits=3)
+    p = dict(t)
+    p["k_cache"], table = to_paged(t["k_cache"], page, page)
+    p["v_cache"], _ = to_paged(t["v_cache"], page, page)
+    k0, v0 = p["k_cache"].clone(), p["v_cache"].clone()
+    assert torch.equal(run(p, block_table=table, num_splits=3), want)
+    assert torch.equal(run(p, block_table=table, write_kv=True, num_splits=3), want)
+    for b, (_, _, P, n) in enumerate(rows):
+        pos = torch.arange(P, P + n, device="cuda")
+        idx = (table[b, pos // page].long(), pos % page)
+        k0[idx], v0[idx] = t["k"][b, :n], t["v"][b, :n]
+    torch.cuda.synchronize()
+    assert torch.equal(p["k_cache"], k0) and torch.equal(p["v_cache"], v0)
+
+
 @pytest.mark.parametrize("backend", CUDA)
 def test_head_dim_64(backend):
     t = make(ALL_MODES, D=64, seed=4)
