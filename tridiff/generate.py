@@ -6,9 +6,10 @@ self-speculation (docs/spec.md section 3, followed to the letter, parity quirks 
 
 A row gives in a batch exactly what it gives alone. Randomness (temperature > 0) is
 counter based (key `seed`, offset = the row's own forward count), so it is reproducible
-per row. Quadratic self-speculation is greedy only. On a CUDA model each iteration
-replays as a CUDA graph; the graphs stay with the model for the next call with the same
-arguments (prompts, seed and eos_check_every aside) until release_graphs(model).
+per row. Quadratic self-speculation is greedy only. On a CUDA model the iterations of
+AR and self-speculation replay as CUDA graphs, kept with the model for the next call
+with the same arguments (prompts, seed and eos_check_every aside) until
+release_graphs(model).
 
 The implementation is the package tridiff.decode; this module keeps the import path.
 """
