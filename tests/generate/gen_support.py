@@ -51,7 +51,8 @@ def oracle_edit(conts, *, wrong=lambda p: p % 5 == 3, V):
     """Draft-side logits that predict the true greedy continuation conts[b][p] at absolute
     position p (diffusion reading), except at `wrong` positions. Applies to the linear
     draft (BIDIR_BLOCK with adapter), the quadratic block rows (CAUSAL_THEN_BIDIR block,
-    QUADRATIC mask slots b >= 2); CAUSAL forwards (verify, AR) are left untouched."""
+    QUADRATIC mask slots b >= 2, ANCHORED_QUADRATIC anchor groups); CAUSAL forwards
+    (verify, AR) and clean slots are left untouched."""
 
     def target(b, p):
         if p < len(conts[b]) and not wrong(p):
@@ -71,6 +72,9 @@ def oracle_edit(conts, *, wrong=lambda p: p % 5 == 3, V):
                     hit = n - int(info["mode_args"]) <= t < n
                 elif mode == Mode.QUADRATIC:
                     hit = t % (int(info["mode_args"]) + 1) >= 2
+                elif mode == Mode.ANCHORED_QUADRATIC:   # the anchor groups follow L clean slots
+                    bits = int(torch.as_tensor(info["mode_args"]).reshape(-1)[b]) & 0xFFFFFFFF
+                    hit = t >= n // (bin(bits).count("1") + 1)
                 else:
                     hit = False
                 if hit:
@@ -148,7 +152,7 @@ def diffusion_reference(model, prompt, max_new, L, *, threshold, eos, mask):
     return out, nfe
 
 
-def check_eos_truncates(model, prompt, *, mode, n, eos_at, L):
+def check_eos_truncates(model, prompt, *, mode, n, eos_at, L, **kw):
     """Drafts follow the greedy continuation (oracle_edit) and eos is the token it emits
     at index eos_at: `mode` must stop right after that token's first occurrence."""
     from tridiff.generate import generate
@@ -157,5 +161,5 @@ def check_eos_truncates(model, prompt, *, mode, n, eos_at, L):
     eos = ar[eos_at]
     first = ar.index(eos)  # the chosen id may already occur earlier
     pm = Patched(model, oracle_edit([prompt + ar], V=model.config.vocab_size))
-    r = generate(pm, [prompt], mode=mode, max_new_tokens=n, block_length=L, eos_id=eos).results[0]
+    r = generate(pm, [prompt], mode=mode, max_new_tokens=n, block_length=L, eos_id=eos, **kw).results[0]
     assert r.tokens == ar[:first + 1]

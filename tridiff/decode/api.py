@@ -10,7 +10,7 @@ from tridiff._checks import TridiffInputError
 from tridiff.decode import graphs, hooks, results
 from tridiff.decode.results import GenerateOutput
 from tridiff.decode.state import RunShape, device_of
-from tridiff.decode.strategies import MODES, STRATEGIES
+from tridiff.decode.strategies import MODES, strategy_for
 
 RULES = ("lossless", "reference")
 
@@ -20,7 +20,7 @@ def generate(model, prompts: Sequence[Sequence[int]], *, mode: str = "ar", max_n
              temperature: float = 0.0, rule: str = "lossless", seed: int = 0, backend: str = "auto",
              eos_check_every: int = 1, eos_id: Optional[int] = None, adapter: bool = True,
              paged: bool = False, page_size: int = 16,
-             cuda_graphs: Optional[bool] = None) -> GenerateOutput:
+             cuda_graphs: Optional[bool] = None, anchors=None) -> GenerateOutput:
     """Decode every prompt with one of the four decoding strategies.
 
     mode            "ar" | "diffusion" | "linear-spec" | "quadratic-spec"
@@ -49,19 +49,26 @@ def generate(model, prompts: Sequence[Sequence[int]], *, mode: str = "ar", max_n
                     is refused. The graphs and their buffers stay with the model for
                     the next call with the same arguments except prompts (same count),
                     seed and eos_check_every; release_graphs(model) frees them.
+    anchors         quadratic-spec only: None or block_length = every acceptance length
+                    (L(L+1) rows per forward); an int k in [1, L) = pruned, the k most
+                    likely acceptance lengths per row and iteration (L(k+1) rows); a
+                    tuple of anchors in [0, L) that includes 0 = that fixed set. Pruned
+                    needs block_length <= 32. The output is AR greedy's either way.
     """
     cfg = model.config
     L = int(block_length if block_length is not None else getattr(cfg, "block_length", 32))
-    _validate(cfg, prompts, mode, max_new_tokens, L, threshold, temperature, rule, eos_check_every)
-    strategy = STRATEGIES[mode]
+    anchors = _validate(cfg, prompts, mode, max_new_tokens, L, threshold, temperature, rule, eos_check_every,
+                        anchors)
+    strategy = strategy_for(mode, anchors)
     use = graphs.use_graphs(cuda_graphs, mode, device_of(model))
-    capacity = max(len(p) for p in prompts) + strategy.extra_len(int(max_new_tokens), L)
+    capacity = max(len(p) for p in prompts) + strategy.extra_len(int(max_new_tokens), L, anchors)
     if use:
         capacity = -(-capacity // graphs.GRAPH_CAPACITY_STEP) * graphs.GRAPH_CAPACITY_STEP
     shape = RunShape(strategy=mode, batch=len(prompts), capacity=capacity, max_new_tokens=int(max_new_tokens),
                      block_length=L, threshold=threshold, temperature=float(temperature), rule=rule,
                      backend=backend, eos_id=int(cfg.eos_token_id if eos_id is None else eos_id),
-                     adapter=bool(adapter), page_size=page_size if paged else None, graphs=use)
+                     adapter=bool(adapter), page_size=page_size if paged else None, graphs=use,
+                     anchors=anchors)
     run = graphs.kept_run(model, shape) if use else None
     if run is None:
         run = strategy(model, prompts, shape, int(seed), int(eos_check_every))
@@ -80,13 +87,15 @@ def generate(model, prompts: Sequence[Sequence[int]], *, mode: str = "ar", max_n
     return GenerateOutput(mode=mode, results=rows, seconds=time.perf_counter() - start)
 
 
-def _validate(cfg, prompts, mode, max_new_tokens, L, threshold, temperature, rule, check_every):
+def _validate(cfg, prompts, mode, max_new_tokens, L, threshold, temperature, rule, check_every, anchors):
+    """Check generate's arguments; returns the normalized anchors (see _anchors)."""
     def bad(arg, expected, got):
         raise TridiffInputError(f"{arg}: expected {expected}, got {got}")
 
     if mode not in MODES:
         bad("mode", "one of " + ", ".join(MODES), repr(mode))
-    strategy = STRATEGIES[mode]
+    anchors = _anchors(anchors, mode, L)
+    strategy = strategy_for(mode, anchors)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         bad("max_new_tokens", "a positive int", repr(max_new_tokens))
     if L < 1:
@@ -114,12 +123,40 @@ def _validate(cfg, prompts, mode, max_new_tokens, L, threshold, temperature, rul
             bad(f"prompts[{b}]", "a non-empty list of token ids", repr(p)[:40])
         if any(not _is_id(t, cfg.vocab_size) for t in p):
             bad(f"prompts[{b}]", f"token ids in [0, {cfg.vocab_size})", list(p)[:8])
-    need = max(len(p) for p in prompts) + strategy.extra_len(max_new_tokens, L)
+    need = max(len(p) for p in prompts) + strategy.extra_len(max_new_tokens, L, anchors)
     limit = int(getattr(cfg, "max_position_embeddings", need))
     if need > limit:
         bad("prompts", f"prompt + generation within the context of {limit} positions",
             f"{need} positions (longest prompt {max(len(p) for p in prompts)}, {mode}, "
             f"max_new_tokens {max_new_tokens})")
+    return anchors
+
+
+def _anchors(anchors, mode, L):
+    """Checked generate(anchors=...): None (every acceptance length), an int k < L, or a
+    sorted tuple of distinct anchors in [0, L) that includes 0."""
+    def bad(expected, got=anchors):
+        raise TridiffInputError(f"anchors: expected {expected}, got {got!r}")
+
+    if anchors is None:
+        return None
+    if mode != "quadratic-spec":
+        bad(f"None for {mode} (anchors prune quadratic-spec's forward)")
+    if isinstance(anchors, (list, tuple)):
+        if not anchors or any(isinstance(a, bool) or not isinstance(a, int) for a in anchors):
+            bad("a non-empty tuple of int anchors")
+        S = tuple(sorted(set(anchors)))
+        if len(S) != len(anchors) or S[0] != 0 or S[-1] >= L:
+            bad(f"distinct anchors in [0, {L}) that include 0")
+    elif isinstance(anchors, bool) or not isinstance(anchors, int) or not 1 <= anchors <= L:
+        bad(f"an int k in [1, {L}] (the block length) or a tuple of anchors")
+    elif anchors == L:
+        return None
+    else:
+        S = int(anchors)
+    if L > 32:
+        bad(f"None with block_length {L} (a pruned anchor set is a 32-bit mask: block_length <= 32)")
+    return S
 
 
 def _is_id(t, V) -> bool:

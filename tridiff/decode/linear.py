@@ -26,7 +26,7 @@ class LinearSpec(RunState):
     zero_threshold = True   # 0 (like None): one draft forward fills every mask
 
     @staticmethod
-    def extra_len(max_new, L):
+    def extra_len(max_new, L, anchors=None):
         return max_new + L          # verify writes L slots from P <= prompt+new-1
 
     def decode(self):

@@ -26,7 +26,7 @@ class QuadraticSpec(RunState):
     greedy_only = True
 
     @staticmethod
-    def extra_len(max_new, L):
+    def extra_len(max_new, L, anchors=None):
         # the last iteration may commit up to L-1 past max_new_tokens (trimmed later), and
         # a finished row keeps running its QUADRATIC forward (L*(L+1) scratch slots)
         return max_new + L - 1 + L * (L + 1)

@@ -38,6 +38,7 @@ class RunShape:
     adapter: bool
     page_size: Optional[int]     # paged KV cache with pages of this many tokens; None: contiguous
     graphs: Union[bool, str]     # False, True or "strict" (graphs.use_graphs)
+    anchors: Union[None, int, tuple] = None   # quadratic-spec: None (all L), k, or a fixed set
 
 
 class RunState:
@@ -52,7 +53,7 @@ class RunState:
     zero_threshold = False   # threshold 0 is allowed (else a threshold is in (0, 1])
 
     @staticmethod
-    def extra_len(max_new: int, L: int) -> int:
+    def extra_len(max_new: int, L: int, anchors=None) -> int:
         """Positions a row may touch beyond its prompt (cache capacity planning)."""
         return max_new
 
