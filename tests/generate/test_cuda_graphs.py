@@ -21,20 +21,20 @@ from tridiff.generate import generate
 
 L, N = 4, 8
 CASES = [
-    ("ar", {}),
-    ("ar", {"temperature": 1.0}),
-    ("ar", {"paged": True, "page_size": 3}),
-    ("linear-spec", {}),
-    ("linear-spec", {"temperature": 1.0, "rule": "lossless"}),
-    ("linear-spec", {"temperature": 1.0, "rule": "reference"}),
-    ("linear-spec", {"threshold": 0.6}),
-    ("linear-spec", {"threshold": 0.6, "temperature": 1.0, "rule": "lossless"}),
-    ("linear-spec", {"temperature": 1.0, "paged": True, "page_size": 3}),
-    ("quadratic-spec", {}),
-    ("quadratic-spec", {"paged": True, "page_size": 3}),
+    pytest.param("ar", {}, id="ar"),
+    pytest.param("ar", {"temperature": 1.0}, id="ar-T1"),
+    pytest.param("ar", {"paged": True, "page_size": 3}, id="ar-paged"),
+    pytest.param("linear-spec", {}, id="linear"),
+    pytest.param("linear-spec", {"temperature": 1.0, "rule": "lossless"}, id="linear-T1-lossless"),
+    pytest.param("linear-spec", {"temperature": 1.0, "rule": "reference"}, id="linear-T1-reference"),
+    pytest.param("linear-spec", {"threshold": 0.6}, id="linear-thr"),
+    pytest.param("linear-spec", {"threshold": 0.6, "temperature": 1.0, "rule": "lossless"}, id="linear-thr-T1-lossless"),
+    pytest.param("linear-spec", {"temperature": 1.0, "paged": True, "page_size": 3}, id="linear-T1-paged"),
+    pytest.param("quadratic-spec", {}, id="quadratic"),
+    pytest.param("quadratic-spec", {"paged": True, "page_size": 3}, id="quadratic-paged"),
+    pytest.param("quadratic-spec", {"anchors": 2}, id="anchored-k2"),
+    pytest.param("quadratic-spec", {"anchors": (0, 2), "paged": True, "page_size": 3}, id="anchored-fixed-paged"),
 ]
-IDS = ["ar", "ar-T1", "ar-paged", "linear", "linear-T1-lossless", "linear-T1-reference", "linear-thr",
-       "linear-thr-T1-lossless", "linear-T1-paged", "quadratic", "quadratic-paged"]
 
 
 def _fields(out):
@@ -79,7 +79,7 @@ def stand_in_graphs(monkeypatch):
     graphs.KEPT.clear()
 
 
-@pytest.mark.parametrize("mode,extra", CASES, ids=IDS)
+@pytest.mark.parametrize("mode,extra", CASES)
 def test_stand_in_graphs_equal_eager(model, prompts, stand_in_graphs, mode, extra):
     kw = dict(mode=mode, max_new_tokens=N, block_length=L, eos_id=-1, eos_check_every=2, seed=5, **extra)
     graphed = generate(model, prompts, **kw)
@@ -94,7 +94,7 @@ def test_stand_in_graphs_equal_eager(model, prompts, stand_in_graphs, mode, extr
     assert _fields(graphed) == _fields(eager)
 
 
-@pytest.mark.parametrize("mode,extra", CASES, ids=IDS)
+@pytest.mark.parametrize("mode,extra", CASES)
 def test_next_call_replays_the_kept_graphs(model, prompts, stand_in_graphs, mode, extra):
     """A second call with the same shape-fixing arguments but other prompts (other
     lengths) and another seed refills the kept buffers and replays the first call's
@@ -198,7 +198,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 
 
 @needs_cuda
-@pytest.mark.parametrize("mode,extra", CASES, ids=IDS)
+@pytest.mark.parametrize("mode,extra", CASES)
 def test_graph_replay_equals_eager(cuda_model, prompts, graph_log, mode, extra):
     kw = dict(mode=mode, max_new_tokens=N, block_length=L, eos_check_every=2, seed=5, **extra)
     eager = generate(cuda_model, prompts, cuda_graphs=False, eos_id=-1, **kw)

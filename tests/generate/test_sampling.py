@@ -6,12 +6,16 @@ from gen_support import Patched, greedy_ar, oracle_edit
 from tridiff.generate import generate
 
 L, N = 4, 8
-CASES = [("ar", {}), ("diffusion", {"threshold": 0.9}), ("linear-spec", {"rule": "lossless"}),
-         ("linear-spec", {"rule": "reference"}), ("linear-spec", {"rule": "lossless", "threshold": 0.6})]
-IDS = ["ar", "diffusion", "linear-lossless", "linear-reference", "linear-lossless-thr"]
+CASES = [
+    pytest.param("ar", {}, id="ar"),
+    pytest.param("diffusion", {"threshold": 0.9}, id="diffusion"),
+    pytest.param("linear-spec", {"rule": "lossless"}, id="linear-lossless"),
+    pytest.param("linear-spec", {"rule": "reference"}, id="linear-reference"),
+    pytest.param("linear-spec", {"rule": "lossless", "threshold": 0.6}, id="linear-lossless-thr"),
+]
 
 
-@pytest.mark.parametrize("mode,extra", CASES, ids=IDS)
+@pytest.mark.parametrize("mode,extra", CASES)
 def test_sampling_reproducible_and_seeded(model, prompts, mode, extra):
     kw = dict(mode=mode, max_new_tokens=N, block_length=L, temperature=1.0, eos_id=-1, **extra)
     a = generate(model, prompts[:2], seed=11, **kw).results

@@ -30,18 +30,18 @@ READS = ("item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index
 UPLOADS = ("tensor", "as_tensor", "from_numpy")
 
 CASES = [
-    ("ar", {}),
-    ("ar", {"temperature": 1.0, "paged": True, "page_size": 3}),
-    ("linear-spec", {}),
-    ("linear-spec", {"temperature": 1.0, "rule": "lossless", "paged": True, "page_size": 3}),
-    ("linear-spec", {"temperature": 1.0, "rule": "reference"}),
-    ("linear-spec", {"threshold": 0.6}),
-    ("linear-spec", {"threshold": 0.6, "temperature": 1.0, "rule": "lossless"}),
-    ("quadratic-spec", {}),
-    ("quadratic-spec", {"paged": True, "page_size": 3}),
+    pytest.param("ar", {}, id="ar"),
+    pytest.param("ar", {"temperature": 1.0, "paged": True, "page_size": 3}, id="ar-T1-paged"),
+    pytest.param("linear-spec", {}, id="linear"),
+    pytest.param("linear-spec", {"temperature": 1.0, "rule": "lossless", "paged": True, "page_size": 3}, id="linear-lossless-paged"),
+    pytest.param("linear-spec", {"temperature": 1.0, "rule": "reference"}, id="linear-reference"),
+    pytest.param("linear-spec", {"threshold": 0.6}, id="linear-thr"),
+    pytest.param("linear-spec", {"threshold": 0.6, "temperature": 1.0, "rule": "lossless"}, id="linear-thr-lossless"),
+    pytest.param("quadratic-spec", {}, id="quadratic"),
+    pytest.param("quadratic-spec", {"paged": True, "page_size": 3}, id="quadratic-paged"),
+    pytest.param("quadratic-spec", {"anchors": 2}, id="anchored-k2"),
+    pytest.param("quadratic-spec", {"anchors": (0, 2), "paged": True, "page_size": 3}, id="anchored-fixed-paged"),
 ]
-IDS = ["ar", "ar-T1-paged", "linear", "linear-lossless-paged", "linear-reference", "linear-thr",
-       "linear-thr-lossless", "quadratic", "quadratic-paged"]
 
 
 class Audit:
@@ -154,7 +154,7 @@ def test_counter_sees_host_reads_and_uploads():
 
 
 @pytest.mark.parametrize("backend", ["torch"], ids=["torch"])
-@pytest.mark.parametrize("mode,extra", CASES, ids=IDS)
+@pytest.mark.parametrize("mode,extra", CASES)
 def test_no_host_reads_inside_an_iteration(model, prompts, audited, mode, extra, backend):
     k = 3
     out = generate(model, prompts, mode=mode, max_new_tokens=N, block_length=L, eos_id=-1,
@@ -186,7 +186,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 
 @needs_cuda
 @pytest.mark.parametrize("graphs", [False, True], ids=["eager", "graphs"])
-@pytest.mark.parametrize("mode,extra", CASES, ids=IDS)
+@pytest.mark.parametrize("mode,extra", CASES)
 def test_cuda_steps_never_synchronise(cuda_model, prompts, monkeypatch, mode, extra, graphs):
     kw = dict(mode=mode, max_new_tokens=N, block_length=L, eos_id=-1, cuda_graphs=graphs, **extra)
     generate(cuda_model, prompts, **kw)   # compiles kernels outside the audited run
