@@ -71,6 +71,18 @@ def test_generate_prompt_ids_batch(ckpt, capsys):
     assert all(1 <= len(r["tokens"]) <= 4 for r in doc["results"])
 
 
+@pytest.mark.parametrize("anchors", [pytest.param("2", id="k2"), pytest.param("0,2", id="fixed02")])
+def test_generate_anchors(ckpt, capsys, anchors):
+    """--anchors prunes quadratic-spec; the tokens stay AR's."""
+    argv = ["generate", "--model", ckpt, "--prompt-ids", "1,300,301", "--max-new-tokens", "8",
+            "--block-length", "4", "--device", "cpu", "--json"]
+    rc, out, err = _run(capsys, *argv, "--mode", "quadratic-spec", "--anchors", anchors)
+    assert rc == 0, err
+    rc, ar, err = _run(capsys, *argv, "--mode", "ar")
+    assert rc == 0, err
+    assert json.loads(out)["results"][0]["tokens"] == json.loads(ar)["results"][0]["tokens"]
+
+
 def test_generate_plain_output(ckpt, capsys):
     rc, out, err = _run(capsys, "generate", "--model", ckpt, "--prompt-ids", "1,2,3", "--mode", "ar",
                         "--max-new-tokens", "3")
@@ -79,18 +91,23 @@ def test_generate_plain_output(ckpt, capsys):
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["--mode", "diffusion", "--max-new-tokens", "10", "--block-length", "4"], "multiple"),
-    (["--mode", "quadratic-spec", "--max-new-tokens", "6", "--block-length", "4"], "multiple"),
-    (["--mode", "beam"], "invalid choice"),
-    (["--mode", "ar", "--prompt-ids", ",".join(["5"] * 1100)], "context"),
-    (["--mode", "ar", "--prompt-ids", "1,x"], "integers"),
-    (["--mode", "ar", "--max-new-tokens", "0"], "max_new_tokens"),
-    (["--mode", "quadratic-spec", "--temperature", "0.5", "--max-new-tokens", "8", "--block-length", "4"],
-     "temperature"),
-    (["--mode", "ar", "--device", "cpu", "--cuda-graphs", "on"], "cuda_graphs"),
-    (["--mode", "ar", "--cuda-graphs", "yes"], "invalid choice"),
-], ids=["diffusion-multiple", "quadratic-multiple", "unknown-mode", "too-long", "bad-ids", "zero-new",
-        "quadratic-temperature", "graphs-on-cpu", "graphs-bad-choice"])
+    pytest.param(["--mode", "diffusion", "--max-new-tokens", "10", "--block-length", "4"], "multiple",
+                 id="diffusion-multiple"),
+    pytest.param(["--mode", "quadratic-spec", "--max-new-tokens", "6", "--block-length", "4"], "multiple",
+                 id="quadratic-multiple"),
+    pytest.param(["--mode", "beam"], "invalid choice", id="unknown-mode"),
+    pytest.param(["--mode", "ar", "--prompt-ids", ",".join(["5"] * 1100)], "context", id="too-long"),
+    pytest.param(["--mode", "ar", "--prompt-ids", "1,x"], "integers", id="bad-ids"),
+    pytest.param(["--mode", "ar", "--max-new-tokens", "0"], "max_new_tokens", id="zero-new"),
+    pytest.param(["--mode", "quadratic-spec", "--temperature", "0.5", "--max-new-tokens", "8", "--block-length", "4"],
+                 "temperature", id="quadratic-temperature"),
+    pytest.param(["--mode", "ar", "--device", "cpu", "--cuda-graphs", "on"], "cuda_graphs", id="graphs-on-cpu"),
+    pytest.param(["--mode", "ar", "--cuda-graphs", "yes"], "invalid choice", id="graphs-bad-choice"),
+    pytest.param(["--mode", "ar", "--anchors", "2"], "anchors", id="anchors-other-mode"),
+    pytest.param(["--mode", "quadratic-spec", "--max-new-tokens", "8", "--block-length", "4", "--anchors", "1,2"],
+                 "include 0", id="anchors-no-zero"),
+    pytest.param(["--mode", "quadratic-spec", "--anchors", "two"], "comma-separated anchors", id="anchors-text"),
+])
 def test_generate_invalid_arguments(ckpt, capsys, argv, needle):
     if "--prompt-ids" not in argv:
         argv = argv + ["--prompt-ids", "1,2,3"]

@@ -3,7 +3,7 @@
     tridiff generate (--prompt TEXT | --prompt-ids 1,2,3 [--prompt-ids ...]) [--model DIR|NAME]
                      [--mode {ar,diffusion,linear-spec,quadratic-spec}] [--max-new-tokens N]
                      [--block-length L] [--threshold X] [--temperature T] [--seed S]
-                     [--device cpu|cuda] [--dtype float32|float16|bfloat16] [--json]
+                     [--anchors K | --anchors 0,1,3,7] [--device cpu|cuda] [--dtype float32|float16|bfloat16] [--json]
     tridiff demo [--model DIR|NAME] [--max-new-tokens N]
 
 --model defaults to the bundled trained model (tridiff.models.DEFAULT), --mode to
@@ -56,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--rule", choices=("lossless", "reference"), default="lossless",
                    help="linear-spec acceptance at temperature > 0")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--anchors", type=_anchors, default=None,
+                   help="quadratic-spec: prune its forward to K anchors per iteration, or to the fixed "
+                        "comma-separated set (default: every acceptance length)")
     g.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     g.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
                    help="default: the model's own choice for the device")
@@ -80,6 +83,14 @@ def _ids(text: str):
     if not ids:
         raise argparse.ArgumentTypeError("expected at least one token id")
     return ids
+
+
+def _anchors(text: str):
+    """--anchors: an int K, or a comma-separated anchor set (a tuple; generate checks both)."""
+    try:
+        return tuple(_ids(text)) if "," in text else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int K or comma-separated anchors, got {text!r}")
 
 
 def main(argv=None) -> int:
@@ -154,7 +165,7 @@ def _generate(args) -> int:
     out = generate(model, prompts, mode=args.mode, max_new_tokens=args.max_new_tokens,
                    block_length=args.block_length, threshold=threshold, temperature=args.temperature,
                    rule=args.rule, seed=args.seed, backend=args.backend,
-                   eos_check_every=args.eos_check_every,
+                   eos_check_every=args.eos_check_every, anchors=args.anchors,
                    cuda_graphs={"auto": None, "on": True, "off": False}[args.cuda_graphs])
     rows = [{"prompt_ids": r.prompt_ids, "tokens": r.tokens,
              "text": tok.decode(r.tokens) if tok is not None else None,
