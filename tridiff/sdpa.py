@@ -134,7 +134,7 @@ def _committed_reader(cache, block_table, B: int, p_max: int):
 
 def _writer(cache, block_table, P, n, Tq: int):
     """(cache, new) -> None storing new[b, :n[b]] at positions P[b].. of row b, as
-    tridiff.reference._slots.write_rows does; the indices are built once here."""
+    tridiff.reference.slots.write_rows does; the indices are built once here."""
     B = P.shape[0]
     if B == 1 and block_table is None:   # one row: a slice copy, no index tensors
         p, count = P.tolist()[0], n.tolist()[0]

@@ -14,7 +14,7 @@ import torch
 import tridiff.cpp as cpp
 import tridiff.ops as ops
 from tests.cpp.support import CPP
-from tridiff.reference._slots import capacity, logical_view
+from tridiff.reference.slots import capacity, logical_view
 from tridiff.reference.attention import visibility
 
 LOW = [torch.float32, torch.float16, torch.bfloat16]

@@ -10,7 +10,7 @@ import torch
 
 import tridiff.ops as ops
 from tests.cuda.support import CUDA
-from tridiff.reference._slots import capacity, logical_view
+from tridiff.reference.slots import capacity, logical_view
 from tridiff.reference.attention import visibility
 
 Hq, Hkv, D = 32, 8, 128

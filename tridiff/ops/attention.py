@@ -20,7 +20,7 @@ Layouts (B rows, Tq new-token slots, GQA with Hq a multiple of Hkv):
   out          [B, Tq, Hq, D]      dtype of q
 write_kv=True also stores k/v[b, :q_lens[b]] in cache slots P.. of row b (in place,
 lengths NOT advanced: commit with kv_commit_). Mutates k_cache/v_cache only then.
-Visibility per mode is SPEC.md section 2; tridiff.reference.attention.visibility is
+Visibility per mode is docs/spec.md section 2; tridiff.reference.attention.visibility is
 its executable form.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ from tridiff import _checks as chk
 from tridiff import _dispatch
 from tridiff.modes import NUM_MODES, Mode
 from tridiff.ops._common import block_table_tensor, lens_tensor, pages_cover, per_row, run
-from tridiff.reference._slots import capacity
+from tridiff.reference.slots import capacity
 
 
 @torch.library.custom_op("tridiff::attention", mutates_args=("k_cache", "v_cache"))

@@ -1,4 +1,4 @@
-"""Reference mode-switchable attention over a KV cache (SPEC.md section 2).
+"""Reference mode-switchable attention over a KV cache (docs/spec.md section 2).
 
 Layouts: q [B, Tq, Hq, D]; new keys/values k, v [B, Tq, Hkv, D]; cache contiguous
 [B, Tmax, Hkv, D] or paged [num_pages, page, Hkv, D] with block_table [B, max_pages].
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from tridiff.modes import Mode
-from tridiff.reference._slots import capacity, logical_view, write_rows
+from tridiff.reference.slots import capacity, logical_view, write_rows
 
 
 def visibility(cache_lens, modes, mode_args, q_lens, Tq: int, Tcap: int) -> torch.Tensor:
