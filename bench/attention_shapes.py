@@ -74,7 +74,7 @@ def make_case(label: str, B: int, new: int) -> Case:
 
 
 def new_visible_pairs(mode: int, arg: int, n: int) -> int:
-    """Visible (query, new key) pairs among the n new tokens of one row (SPEC section 2)."""
+    """Visible (query, new key) pairs among the n new tokens of one row (docs/spec.md section 2)."""
     if mode == Mode.CAUSAL:
         return n * (n + 1) // 2
     if mode == Mode.BIDIR_BLOCK:

@@ -22,7 +22,7 @@ from bench.common import SyncCounter, Timing, bench_main, checks_off_on_cuda, st
 from bench.e2e_oracle import oracle_linear
 from bench.e2e_steps import Steps, build_model, kv_bytes, weight_bytes
 
-MEAN_ACCEPT = 6.82   # published mean acceptance length (SPEC section 4), tokens per iteration
+MEAN_ACCEPT = 6.82   # published mean acceptance length (docs/spec.md section 4), tokens per iteration
 TARGETS = dict(ar_floor_fraction=0.85, linear_iter_over_ar=2.2, spec_over_ar=3.3)
 
 
@@ -182,7 +182,7 @@ def targets(steps: dict, gen: dict, p: dict, device) -> list:
             acc = min(MEAN_ACCEPT, p["quad_L"])
             r = (acc / s["quadratic_iteration"]) / (1 / s["ar_step"])
             rows.append((f"ORACLE-projected quadratic tok/s / AR tok/s, P={P} (mean {acc})", f"{r:.2f}x",
-                         "(no target; SPEC: 6.4x tokens/forward)", "info"))
+                         "(no target; docs/spec.md section 4: 6.4x tokens/forward)", "info"))
     return rows
 
 

@@ -1,4 +1,4 @@
-"""Speculative-draft acceptance (SPEC.md section 3) on top of kernels/sample.py.
+"""Speculative-draft acceptance (docs/spec.md section 3) on top of kernels/sample.py.
 
 Pass 1 (kernels.sample.vocab_argmax_kernel, or rejection_stats_kernel) streams every
 needed logits row once in vocabulary ranges and leaves per-range partials; the finish

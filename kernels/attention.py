@@ -1,4 +1,4 @@
-"""Triton kernels for mode-switchable attention over a KV cache (SPEC.md section 2).
+"""Triton kernels for mode-switchable attention over a KV cache (docs/spec.md section 2).
 
 Only @triton.jit code lives here (installed as tridiff.kernels.attention); the launcher
 with its checks, tile choices and grid is tridiff/triton/attention.py.
@@ -88,7 +88,7 @@ def _online_update(acc, m_i, l_i, q, k, v, visible, qk_scale, DOT_IEEE: tl.const
 
 @triton.jit
 def _new_key_visible(jn, sub, hi1, lo2, width):
-    """SPEC section 2 among new tokens, from per-row bounds (_row_bounds): row r sees new
+    """docs/spec.md section 2 among new tokens, from per-row bounds (_row_bounds): row r sees new
     key jn [N] (< n) iff jn <= hi1[r] (QUADRATIC: d slots only, jn % sub == 0) or
     lo2[r] <= jn < lo2[r] + width."""
     first = (jn[None, :] <= hi1[:, None]) & ((jn % sub) == 0)[None, :]

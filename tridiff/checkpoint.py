@@ -1,6 +1,6 @@
 """Checkpoint layout, reading (shape checks before any weight is loaded) and writing.
 
-Layout (Hugging Face, SPEC.md section 1): config.json; one model.safetensors or shards
+Layout (Hugging Face, docs/spec.md section 1): config.json; one model.safetensors or shards
 model-0000i-of-0000n.safetensors listed in model.safetensors.index.json; tokenizer.json;
 optional linear_spec_lora/ (PEFT LoRA on o_proj: adapter_config.json +
 adapter_model.safetensors with keys base_model.model.encoder.layers.{i}.self_attn.

@@ -1,7 +1,7 @@
 """Model configuration read from (and written to) a Hugging Face style config.json.
 
 Field names follow transformers' Ministral3Config plus the diffusion extras
-(SPEC.md section 1): model_type "nemotron_labs_diffusion", rope_parameters
+(docs/spec.md section 1): model_type "nemotron_labs_diffusion", rope_parameters
 {rope_type: yarn, rope_theta, factor, original_max_position_embeddings, beta_fast,
 beta_slow, mscale, mscale_all_dim, llama_4_scaling_beta}, mask/eos/bos token ids.
 
@@ -283,12 +283,12 @@ def _block_size(raw: dict) -> int:
     return size if size is not None else (alias if alias is not None else 32)
 
 
-# Released sizes (SPEC.md section 1) and a tiny one for CPU tests and demos.
+# Released sizes (docs/spec.md section 1) and a tiny one for CPU tests and demos.
 _RELEASED = dict(rms_norm_eps=1e-5, factor=16.0, original_max_position_embeddings=16384,
                  max_position_embeddings=262144, vocab_size=131072, head_dim=128,
                  num_attention_heads=32, num_key_value_heads=8)
 PRESETS = {
-    # rope_theta: 1e6 on 3B and 1e9 on 14B per SPEC; 8B assumed 1e6 (Ministral-3 default).
+    # rope_theta: 1e6 on 3B and 1e9 on 14B as released; 8B assumed 1e6 (Ministral-3 default).
     "3b": dict(_RELEASED, hidden_size=3072, intermediate_size=9216, num_hidden_layers=26, rope_theta=1e6),
     "8b": dict(_RELEASED, hidden_size=4096, intermediate_size=14336, num_hidden_layers=34, rope_theta=1e6),
     "14b": dict(_RELEASED, hidden_size=5120, intermediate_size=16384, num_hidden_layers=40, rope_theta=1e9),

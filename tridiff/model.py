@@ -1,4 +1,4 @@
-"""The tri-mode network (SPEC.md section 1) built on tridiff.ops.attention.
+"""The tri-mode network (docs/spec.md section 1) built on tridiff.ops.attention.
 
     model = Model.from_pretrained(dir, device="cuda")          # bf16 on cuda, fp32 on cpu
     cache = model.new_cache(batch, max_len)                    # or paged=True, page_size=16

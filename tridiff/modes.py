@@ -1,4 +1,4 @@
-"""The closed set of attention modes (SPEC.md section 2).
+"""The closed set of attention modes (docs/spec.md section 2).
 
 Kernels take the mode per sequence as an int8 tensor holding these values, plus an
 int32 `mode_args` tensor: L for QUADRATIC (the row then has L*(L+1) new tokens),

@@ -1,4 +1,4 @@
-// Acceptance of a drafted block (SPEC.md section 3), phase 2 after row_scan:
+// Acceptance of a drafted block (docs/spec.md section 3), phase 2 after row_scan:
 //   linear     ar[i] = best of verify row i; c = leading i < n with ar[i] == draft[i];
 //              n_accepted = c + 1, tokens = ar[:c+1], next_token = ar[c].
 //   quadratic  logits viewed [L, L+1, V]; pred[a, 1] := pred[a, 0];

@@ -1,4 +1,4 @@
-// Mode-switchable attention over a KV cache (SPEC.md section 2): the tiling, written
+// Mode-switchable attention over a KV cache (docs/spec.md section 2): the tiling, written
 // once as TD_HD logic shared by the CUDA kernel (attn_kernel.cuh) and the CPU build
 // (csrc/cpu/attention_cpu.cpp), so the CPU tests check the very key ranges, split
 // partition, visibility, online-softmax steps and LSE merge the GPU runs.
@@ -221,7 +221,7 @@ TD_HD void key_rows(const AttnArgs& a, const KeyBlock& kb, int64_t b, int64_t kv
   }
 }
 
-// SPEC section 2 among new tokens: may live new row i see new key jn (both < n)?
+// docs/spec.md section 2 among new tokens: may live new row i see new key jn (both < n)?
 // lq: ANCHORED_QUADRATIC's L (TileMeta::lq).
 TD_HD bool new_key_visible(int mode, int64_t arg, int64_t n, int64_t lq, int64_t i, int64_t jn) {
   if (jn >= n) return false;

@@ -1,9 +1,9 @@
-"""Test helpers for tridiff.generate: plain, cache-free transcriptions of SPEC section 3,
+"""Test helpers for tridiff.generate: plain, cache-free transcriptions of docs/spec.md section 3,
 a model wrapper that edits logits (to force acceptance, eos or the mask id), and the eos
 check the self-speculative modes share.
 
 The transcriptions recompute the whole sequence on a fresh cache for every forward
-(kv="none"), with the dense per-row mask the SPEC describes: CAUSAL for the AR reading,
+(kv="none"), with the dense per-row mask docs/spec.md describes: CAUSAL for the AR reading,
 CAUSAL_THEN_BIDIR(L) for "prompt causal + block bidirectional". They share no code
 with tridiff.generate.
 """
@@ -116,7 +116,7 @@ def greedy_ar(model, prompt, n, *, eos=None):
 
 
 def diffusion_reference(model, prompt, max_new, L, *, threshold, eos, mask):
-    """SPEC section 3 diffusion, transcribed line by line. Returns (tokens, nfe)."""
+    """docs/spec.md section 3 diffusion, transcribed line by line. Returns (tokens, nfe)."""
     seq, out, nfe = list(prompt), [], 0
     seed = int(torch.argmax(_fresh_logits(model, seq)[-1]))
     for _ in range(max_new // L):

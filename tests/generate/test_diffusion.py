@@ -1,4 +1,4 @@
-"""Block diffusion against a cache-free transcription of SPEC section 3."""
+"""Block diffusion against a cache-free transcription of docs/spec.md section 3."""
 import pytest
 from gen_support import Patched, diffusion_reference
 
@@ -19,7 +19,7 @@ def test_diffusion_matches_transcription(model, prompts, threshold):
     assert r.nfe == want_nfe
     assert r.nfe == len(pm.calls) - 1  # the prefill is not counted
     assert [c["modes"] for c in pm.calls].count(Mode.CAUSAL) == 1 + n // L  # prefill + commits
-    # the drafter adapter (SPEC section 1) is on for denoise forwards only
+    # the drafter adapter (docs/spec.md section 1) is on for denoise forwards only
     assert all(c["adapter"] == (c["modes"] == Mode.BIDIR_BLOCK) for c in pm.calls)
     assert r.mean_accepted is None
     if threshold == 0.5:  # this row has steps that unmask several positions at once

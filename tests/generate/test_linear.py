@@ -1,4 +1,4 @@
-"""Linear self-speculation at temperature 0: lossless (= AR greedy), NFE per SPEC,
+"""Linear self-speculation at temperature 0: lossless (= AR greedy), NFE per docs/spec.md section 3.3,
 multi-token acceptance with rollback, the threshold draft and its no-hang rule, eos."""
 import pytest
 from gen_support import Patched, check_eos_truncates, greedy_ar, oracle_edit, peak
@@ -24,7 +24,7 @@ def test_linear_random_weights_equals_ar(model, prompts):
     ar = greedy_ar(model, p, n + L)
     pm = Patched(model)
     r = generate(pm, [p], mode="linear-spec", max_new_tokens=n, block_length=L, eos_id=-1).results[0]
-    assert n <= len(r.tokens) <= n + L - 1  # may overshoot by up to L-1 (SPEC)
+    assert n <= len(r.tokens) <= n + L - 1  # may overshoot by up to L-1 (docs/spec.md section 3.3)
     assert r.tokens == ar[:len(r.tokens)]
     _check_forwards(pm, r)
     assert r.nfe == 1 + 2 * r.iterations  # threshold 0: one draft forward per iteration

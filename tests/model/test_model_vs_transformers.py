@@ -2,7 +2,7 @@
 
 transformers' Ministral3Attention applies the llama-4 scale as
 q *= 1 + beta * log(1 + floor(position_ids / original_max_position_embeddings)) after
-rotary, by position_ids: the same rule as SPEC section 1. Its YaRN attention factor is
+rotary, by position_ids: the same rule as docs/spec.md section 1. Its YaRN attention factor is
 mscale(s, mscale)/mscale(s, mscale_all_dim) = 1.0 for these configs. Its rotary
 angles are computed in float32 even for an fp64 model, so its fp64 logits carry
 fp32-level rotary error; the error bound compares against that same truth.

@@ -1,6 +1,6 @@
-"""An independent, deliberately plain transcription of SPEC.md section 2.
+"""An independent, deliberately plain transcription of docs/spec.md section 2.
 
-Python loops over (row, query, key) decide visibility straight from the SPEC's
+Python loops over (row, query, key) decide visibility straight from the spec's
 sentences; attention is then a dense float64 softmax. Nothing here shares code with
 tridiff.reference, so the reference and the kernels are both checked against it.
 """

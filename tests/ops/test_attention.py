@@ -1,4 +1,4 @@
-"""tridiff.ops.attention against the plain SPEC transcription, on every backend present."""
+"""tridiff.ops.attention against the plain transcription of docs/spec.md section 2, on every backend present."""
 import random
 
 import pytest
@@ -23,7 +23,7 @@ def make_inputs(B, Tq, Hq, Hkv, D, Tmax, dtype, seed=0, device=DEVICE):
 
 
 def run_case(backend, dtype, rows, Hq=4, Hkv=2, D=16, Tmax=None, scale=None):
-    """rows: list of (mode, mode_arg, P, n). Checks against the dense SPEC computation."""
+    """rows: list of (mode, mode_arg, P, n). Checks against the dense computation of docs/spec.md section 2."""
     B = len(rows)
     Tq = max(n for *_, n in rows)
     Tmax = Tmax or max(P + n for _, _, P, n in rows) + 3

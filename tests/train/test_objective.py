@@ -1,5 +1,6 @@
 """The parts of training that can be wrong silently: the two-stream mask against the
-SPEC sentence, the noisy stream's positions, the masking schedule and its 1/t weights."""
+sentence of docs/spec.md section 2.3, the noisy stream's positions, the masking schedule
+and its 1/t weights."""
 import math
 
 import pytest
@@ -10,7 +11,7 @@ from tridiff.train import objective as ob
 
 
 def spec_two_stream_allowed(i: int, j: int, S: int, L: int) -> bool:
-    """SPEC section 2, training note, transcribed literally: a noisy row sees noisy keys
+    """docs/spec.md section 2.3, transcribed literally: a noisy row sees noisy keys
     of its own block and clean keys of strictly earlier blocks; clean rows are
     token-causal over clean keys."""
     row_noisy, key_noisy = i < S, j < S

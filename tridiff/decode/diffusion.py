@@ -54,7 +54,7 @@ class Diffusion(RunState):
 
 
 def block_settled(block, mask_id, eos_id):
-    """bool [B]: no mask left, or an eos with no mask before it (SPEC early stop)."""
+    """bool [B]: no mask left, or an eos with no mask before it (docs/spec.md section 3.2 early stop)."""
     is_mask = block == mask_id
     no_mask_before = torch.cumsum(is_mask.int(), 1) == 0
     eos_clear = (block == eos_id) & no_mask_before if eos_id >= 0 else torch.zeros_like(is_mask)

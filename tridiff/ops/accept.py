@@ -1,4 +1,4 @@
-"""Public acceptance ops for speculative decoding (SPEC.md section 3).
+"""Public acceptance ops for speculative decoding (docs/spec.md section 3).
 
   accept_linear(target_logits [B, n+1, V], draft_tokens [B, n] int64, cache_lens [B] int32, *,
                 eos_id, temperature=0.0, seed=None, offset=None, backend="auto") -> AcceptResult

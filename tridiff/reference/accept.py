@@ -1,4 +1,4 @@
-"""Reference acceptance of speculative drafts (SPEC.md section 3).
+"""Reference acceptance of speculative drafts (docs/spec.md section 3).
 
 All three rules return, per row, a 6-tuple; for the linear / rejection rules it is
     (n_accepted int32 [B], tokens int64 [B, n+1], n_emitted int32 [B],

@@ -1,4 +1,4 @@
-"""The tri-mode network for training: the same computation as tridiff.model (SPEC
+"""The tri-mode network for training: the same computation as tridiff.model (docs/spec.md
 section 1: pre-norm GQA attention with YaRN rotary and the llama-4 query scale,
 SwiGLU MLP, final norm, untied diffusion_head), but differentiable and with a dense
 boolean attention mask instead of a KV cache.
