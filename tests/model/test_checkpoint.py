@@ -122,13 +122,15 @@ def _reshape(name, shape):
 
 
 @pytest.mark.parametrize("edit, name", [
-    (_drop("encoder.layers.1.mlp.up_proj.weight"), "encoder.layers.1.mlp.up_proj.weight"),
-    (_drop("diffusion_head.weight"), "diffusion_head.weight"),
-    (_add("encoder.layers.2.mlp.up_proj.weight"), "encoder.layers.2.mlp.up_proj.weight"),
-    (_add("lm_head.weight"), "lm_head.weight"),
-    (_reshape("encoder.layers.0.self_attn.k_proj.weight", (32, 64)), "encoder.layers.0.self_attn.k_proj.weight"),
-    (_reshape("encoder.norm.weight", (65,)), "encoder.norm.weight"),
-], ids=["missing", "missing-head", "unexpected-layer", "unexpected-lm_head", "shape-k_proj", "shape-norm"])
+    pytest.param(_drop("encoder.layers.1.mlp.up_proj.weight"), "encoder.layers.1.mlp.up_proj.weight", id="missing"),
+    pytest.param(_drop("diffusion_head.weight"), "diffusion_head.weight", id="missing-head"),
+    pytest.param(_add("encoder.layers.2.mlp.up_proj.weight"), "encoder.layers.2.mlp.up_proj.weight",
+                 id="unexpected-layer"),
+    pytest.param(_add("lm_head.weight"), "lm_head.weight", id="unexpected-lm_head"),
+    pytest.param(_reshape("encoder.layers.0.self_attn.k_proj.weight", (32, 64)),
+                 "encoder.layers.0.self_attn.k_proj.weight", id="shape-k_proj"),
+    pytest.param(_reshape("encoder.norm.weight", (65,)), "encoder.norm.weight", id="shape-norm"),
+])
 def test_bad_tensor_raises_naming_it(tmp_path, tiny_dir, edit, name):
     out = copy_checkpoint(tiny_dir, tmp_path / "ck")
     path = os.path.join(out, "model.safetensors")
