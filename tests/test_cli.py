@@ -1,6 +1,6 @@
 """The `tridiff` command line: the --json contract of `generate` in every mode, one-line
 refusals of bad arguments, and `demo`. Most calls run main() in process (fast); one
-success and one refusal go through `python -m tridiff.cli` in a real subprocess."""
+success (`python -m tridiff`) and one refusal (`python -m tridiff.cli`) run in a real subprocess."""
 import json
 import os
 import subprocess
@@ -131,9 +131,10 @@ def test_generate_text_prompt_without_tokenizer(tmp_path, capsys):
 
 
 def test_module_entry_point_subprocess(ckpt, tmp_path):
-    """`python -m tridiff.cli` works: one success (JSON on stdout) and one refusal."""
+    """`python -m tridiff` and `python -m tridiff.cli` work: one success (JSON on stdout)
+    and one refusal."""
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    ok = subprocess.run([sys.executable, "-m", "tridiff.cli", "generate", "--model", ckpt, "--prompt-ids",
+    ok = subprocess.run([sys.executable, "-m", "tridiff", "generate", "--model", ckpt, "--prompt-ids",
                          "1,2,3", "--mode", "linear-spec", "--max-new-tokens", "4", "--block-length", "4",
                          "--json"], capture_output=True, text=True, env=env, timeout=300)
     assert ok.returncode == 0, ok.stderr

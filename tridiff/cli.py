@@ -1,4 +1,4 @@
-"""Command line: `tridiff generate ...` and `tridiff demo` (also `python -m tridiff.cli`).
+"""Command line: `tridiff generate ...` and `tridiff demo` (also `python -m tridiff`).
 
     tridiff generate (--prompt TEXT | --prompt-ids 1,2,3 [--prompt-ids ...]) [--model DIR|NAME]
                      [--mode {ar,diffusion,linear-spec,quadratic-spec}] [--max-new-tokens N]
