@@ -110,7 +110,8 @@ def attention_prepare(q, k, v, k_cache, v_cache, cache_lens, modes, mode_args, q
         if Tq == 1:
             out = o.reshape(B, 1, Hq, D)
         else:
-            out = o.reshape(B, Hkv, group, Tq, D).permute(0, 3, 1, 2, 4).reshape(B, Tq, Hq, D)
+            # contiguous, as the op's contract (and its fake kernel under torch.compile) says
+            out = o.reshape(B, Hkv, group, Tq, D).permute(0, 3, 1, 2, 4).reshape(B, Tq, Hq, D).contiguous()
         if zero_rows is not None:
             out = out.masked_fill(zero_rows, 0.0)
         if write is not None and not in_place:

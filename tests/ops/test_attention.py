@@ -39,6 +39,8 @@ def run_case(backend, dtype, rows, Hq=4, Hkv=2, D=16, Tmax=None, scale=None):
     want = dense_attention(q.cpu(), k.cpu(), v.cpu(), kc.cpu(), vc.cpu(), P.tolist(), modes.tolist(),
                            args.tolist(), n.tolist(), scale)
     assert not torch.isnan(out).any()
+    # the op's layout contract (its torch.compile fake kernel returns this layout)
+    assert out.shape == q.shape and out.dtype == q.dtype and out.is_contiguous()
     err = (out.cpu().double() - want).abs().max().item()
     if dtype == torch.float64:
         tol = 1e-10

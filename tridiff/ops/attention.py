@@ -17,7 +17,7 @@ Layouts (B rows, Tq new-token slots, GQA with Hq a multiple of Hkv):
                                    (row has L*(popcount+1) new tokens, see tridiff.modes)
   q_lens       int or [B] int32    new tokens per row (<= Tq; default Tq); rows
                                    past q_lens[b] get zeros
-  out          [B, Tq, Hq, D]      dtype of q
+  out          [B, Tq, Hq, D]      dtype of q, contiguous (every backend)
 write_kv=True also stores k/v[b, :q_lens[b]] in cache slots P.. of row b (in place,
 lengths NOT advanced: commit with kv_commit_). Mutates k_cache/v_cache only then.
 Visibility per mode is docs/spec.md section 2; tridiff.reference.attention.visibility is
@@ -49,7 +49,7 @@ def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: to
 @_attention_op.register_fake
 def _attention_fake(q, k, v, k_cache, v_cache, cache_lens, modes, mode_args, q_lens, block_table,
                     softmax_scale, write_kv, backend):
-    return torch.empty_like(q)
+    return q.new_empty(q.shape)   # contiguous, whatever q's strides (q is often a view)
 
 
 def attention(q, k, v, k_cache, v_cache, cache_lens, modes, *, mode_args=None, q_lens=None,
