@@ -34,6 +34,8 @@ What a row holds (bench/results/cpu_e2e.jsonl, one per contender and shape):
   extra.floor_fraction   floor_ms / median_ms (1.0 = at the floor)
   ratio            best transformers baseline ms / this ms (> 1: tridiff faster)
   bytes, flops     streamed weight bytes and 2 x weights x rows summed over the forwards
+  extra.cpu_projection   the CPU projection formulation tridiff took per row bucket
+                   (F.linear, W @ x^T or blocked bmm; tridiff.projection.cpu_path measures it)
 """
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ import time
 import torch
 
 from bench.common import Timing, bench_main, start_run
+from tridiff import projection
 
 SHAPES = {
     # the issue's two shapes; intermediate 3x hidden for the small one, as for mid
@@ -231,7 +234,7 @@ def run(quick: bool = False, out_dir=None, device=None, backends=None, budget_s=
             med = statistics.median(ms)
             timing = Timing(med, min(ms), max(ms), len(ms), "perf_counter (whole generate call)")
             extra = dict(tok_s=N / (med / 1e3), ms_per_token=med / N, best_ms=min(ms), rounds_ms=ms,
-                         load_s=load_s, tridiff_backend=backend)
+                         load_s=load_s, tridiff_backend=backend, cpu_projection=projection.measured_paths())
             if name.startswith("transformers"):
                 rec.add("generate:ar", name, shape, torch.float32, timing, role="baseline",
                         bytes=N * wb, flops=2 * params * (p["prompt_len"] + N - 1), group=shape_name,

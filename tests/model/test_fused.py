@@ -99,16 +99,22 @@ def test_dtype_conversion_keeps_one_copy_and_the_same_logits(dtype):
     assert torch.equal(_logits(model), _logits(fresh))
 
 
+@pytest.mark.parametrize("path", ["bmm", "wxt", "linear"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("N,K", [(1536, 256), (512, 96), (100, 64)], ids=["blocks", "two-blocks", "fallback"])
 @pytest.mark.parametrize("lead", [(1, 1), (2, 1), (1, 4), (5, 1), (2, 9), (1, 128), (3, 50)])
-def test_projection_within_twice_f_linear_error(dtype, N, K, lead):
-    """tridiff.projection.linear (one batched GEMM over weight row blocks for up to BMM_ROWS
-    CPU rows; (3, 50) = 150 rows takes F.linear) against the fp64 product:
-    error <= 2x F.linear's own in the same dtype; same shape, dtype and layout."""
+def test_projection_within_twice_f_linear_error(monkeypatch, path, dtype, N, K, lead):
+    """tridiff.projection.linear on every CPU path (bmm: one batched GEMM over weight row
+    blocks; wxt: (W @ x^T)^T; for up to BMM_ROWS rows; (3, 50) = 150 rows takes F.linear) against the fp64
+    product, per element within the worst-case rounding bound of a K-term dot product in
+    the dtype, gamma_K * sum |x_k w_k| (gamma_K = K u / (1 - K u), u the unit roundoff),
+    which holds for every summation order; same shape, dtype and layout as F.linear."""
     import torch.nn.functional as F
 
+    from tridiff import projection
     from tridiff.projection import linear
+
+    monkeypatch.setenv(projection.PATH_ENV, path)
 
     g = torch.Generator().manual_seed(N + K + sum(lead))
     x64 = torch.randn(*lead, K, generator=g, dtype=torch.float64)
@@ -117,8 +123,45 @@ def test_projection_within_twice_f_linear_error(dtype, N, K, lead):
     truth = x.double() @ w.double().T
     got, base = linear(x, w), F.linear(x, w)
     assert got.shape == base.shape and got.dtype == dtype and got.is_contiguous()
-    e, b = (got.double() - truth).abs().max().item(), (base.double() - truth).abs().max().item()
-    assert e <= 2 * b + 1e-12, f"error {e} > 2 x F.linear's {b}"
+    u = torch.finfo(dtype).eps / 2
+    bound = K * u / (1 - K * u) * (x.double().abs() @ w.double().abs().T)
+    err = (got.double() - truth).abs()
+    assert bool((err <= bound).all()), f"error {(err / bound).max().item():.2f} x the rounding bound"
+
+
+@pytest.mark.parametrize("path", ["bmm", "wxt", "linear"])
+def test_cpu_path_is_the_one_asked_for(monkeypatch, path):
+    """TRIDIFF_CPU_PROJECTION forces the path: bmm runs torch.bmm, wxt torch.mm, linear
+    neither (F.linear)."""
+    from tridiff import projection
+
+    calls = []
+    for name in ("bmm", "mm"):
+        real = getattr(torch, name)
+        monkeypatch.setattr(torch, name, lambda *a, _n=name, _f=real: calls.append(_n) or _f(*a))
+    monkeypatch.setenv(projection.PATH_ENV, path)
+    w, x = torch.randn(512, 64), torch.randn(3, 64)
+    assert torch.allclose(projection.linear(x, w), x @ w.T, atol=1e-5)
+    assert calls == {"bmm": ["bmm"], "wxt": ["mm"], "linear": []}[path]
+
+
+def test_cpu_path_auto_measures_once_per_bucket_and_bad_values_are_refused(monkeypatch):
+    from tridiff import projection
+
+    real_measure = projection._measure
+    monkeypatch.setattr(projection, "_MEASURED", {})
+    timed = []
+    monkeypatch.setattr(projection, "_measure", lambda rows: timed.append(rows) or ("wxt" if rows > 4 else "bmm"))
+    monkeypatch.delenv(projection.PATH_ENV, raising=False)
+    assert [projection.cpu_path(r) for r in (1, 3, 16, 9, 128, 2, 4)] == ["bmm"] * 2 + ["wxt"] * 3 + ["bmm"] * 2
+    assert timed == [1, 4, 16, 128, 2]   # once per bucket, at its largest row count
+    assert projection.measured_paths() == {"rows <= 1": "bmm", "rows <= 2": "bmm", "rows <= 4": "bmm",
+                                           "rows <= 16": "wxt", "rows <= 128": "wxt"}
+    assert [projection.row_bucket(r) for r in (1, 2, 3, 5, 16, 17, 128)] == [1, 2, 4, 8, 16, 32, 128]
+    assert real_measure(16, N=512, K=256, rounds=1) in ("bmm", "wxt", "linear")
+    monkeypatch.setenv(projection.PATH_ENV, "fast")
+    with pytest.raises(ValueError, match="TRIDIFF_CPU_PROJECTION: expected one of auto, linear, wxt, bmm"):
+        projection.cpu_path(1)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
