@@ -4,8 +4,9 @@ products of decoding take whichever of three formulations measures fastest on th
 The BLAS behind F.linear handles a skinny x @ W^T very differently from one CPU to the
 next (bench/NOTES.md, "CPU projections: which formulation"): on one 2-core EPYC its GEMV
 used one thread and a batched GEMM over row blocks of W streamed 2-3x faster; on a 2-core
-Xeon with MKL F.linear is the fastest GEMV, while W @ x^T is 1.3-1.7x faster than it for
-8-32 rows. So the path is measured, not assumed: once per process and row bucket.
+Xeon with MKL F.linear is the fastest GEMV, while W @ x^T is 1.4-1.7x faster than it for
+8-32 rows of a large weight and 1.5x slower at 80-128 rows of a small one. So the path is
+measured, not assumed: once per process, weight shape and row bucket.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     rows = x.numel() // K if K else 0
     if 0 < rows <= BMM_ROWS and x.device.type == "cpu" and x.dtype in BMM_DTYPES and x.is_contiguous() \
             and weight.is_contiguous():
-        path = cpu_path(rows)
+        path = cpu_path(rows, weight.shape[0], K)
         if path == "wxt":
             y = torch.mm(weight, x.view(rows, K).t()).t().contiguous()
             return y.view(*x.shape[:-1], weight.shape[0])
@@ -69,7 +70,7 @@ def _blocked(x: torch.Tensor, weight: torch.Tensor):
 
 
 _BMM_BLOCKS: dict = {}   # (N, rows > 4) -> block count (0: no split)
-_MEASURED: dict = {}     # row bucket -> path, measured once per process
+_MEASURED: dict = {}     # (N, K, row bucket) -> path, measured once per process
 
 
 def _bmm_blocks(N: int, sizes) -> int:
@@ -86,44 +87,48 @@ def row_bucket(rows: int) -> int:
     return 1 << max(rows - 1, 0).bit_length()
 
 
-def cpu_path(rows: int) -> str:
-    """"linear", "wxt" or "bmm": the formulation a CPU projection of `rows` rows takes.
-    TRIDIFF_CPU_PROJECTION = linear / wxt / bmm forces it; auto (the default) times the
-    three once per process per row bucket (at the bucket's largest row count) on a 64 MB
-    weight, larger than the caches, so each streams it as a decoding forward does, and
-    keeps F.linear unless another is MARGIN times faster."""
+def cpu_path(rows: int, N: int, K: int) -> str:
+    """"linear", "wxt" or "bmm": the formulation a CPU projection of `rows` rows by an
+    [N, K] weight takes. TRIDIFF_CPU_PROJECTION = linear / wxt / bmm forces it; auto (the
+    default) times the three once per process, weight shape and row bucket (at the
+    bucket's largest row count, on a weight of that shape) and keeps F.linear unless
+    another is MARGIN times faster. A model has five weight shapes, so a decoding process
+    pays a few such measurements (milliseconds each; ~0.1 s for a 128 MB weight)."""
     mode = os.environ.get(PATH_ENV, "auto")
     if mode not in PATHS:
         raise ValueError(f"{PATH_ENV}: expected one of {', '.join(PATHS)}, got {mode!r}")
     if mode != "auto":
         return mode
-    bucket = row_bucket(rows)
-    got = _MEASURED.get(bucket)
+    key = (N, K, row_bucket(rows))
+    got = _MEASURED.get(key)
     if got is None:
-        got = _MEASURED[bucket] = _measure(bucket)
+        got = _MEASURED[key] = _measure(key[2], N, K)
     return got
 
 
 def measured_paths() -> dict:
-    """What auto chose so far, {"rows <= 16": "wxt", ...} (benchmarks record it)."""
-    return {f"rows <= {b}": p for b, p in sorted(_MEASURED.items())}
+    """What auto chose so far, {"4096x1024, rows <= 16": "wxt", ...} (benchmarks record it)."""
+    return {f"{n}x{k}, rows <= {b}": p for (n, k, b), p in sorted(_MEASURED.items())}
 
 
-def _measure(rows: int, N: int = 4096, K: int = 4096, rounds: int = 3) -> str:
+def _measure(rows: int, N: int, K: int, rounds: int = 2) -> str:
     w = torch.full((N, K), 0.5)
     x = torch.full((rows, K), 0.25)
     candidates = {
         "linear": lambda: F.linear(x, w),
         "wxt": lambda: torch.mm(w, x.t()).t().contiguous(),
-        "bmm": lambda: _blocked(x, w),
     }
+    if _bmm_blocks(N, (256, 512, 128)):
+        candidates["bmm"] = lambda: _blocked(x, w)
+    calls = max(1, min(64, 2 ** 22 // (N * K)))   # a small weight: several calls per sample
     best = {name: float("inf") for name in candidates}
     for fn in candidates.values():   # warm-up: thread pools, first touch of the outputs
         fn()
     for _ in range(rounds):   # interleaved, best of rounds: a burst of other load hits all alike
         for name, fn in candidates.items():
             t = time.perf_counter()
-            fn()
+            for _ in range(calls):
+                fn()
             best[name] = min(best[name], time.perf_counter() - t)
     fastest = min(best, key=best.get)
     return fastest if best[fastest] * MARGIN < best["linear"] else "linear"

@@ -151,17 +151,21 @@ def test_cpu_path_auto_measures_once_per_bucket_and_bad_values_are_refused(monke
     real_measure = projection._measure
     monkeypatch.setattr(projection, "_MEASURED", {})
     timed = []
-    monkeypatch.setattr(projection, "_measure", lambda rows: timed.append(rows) or ("wxt" if rows > 4 else "bmm"))
+    monkeypatch.setattr(projection, "_measure",
+                        lambda rows, N, K: timed.append((rows, N, K)) or ("wxt" if rows > 4 else "bmm"))
     monkeypatch.delenv(projection.PATH_ENV, raising=False)
-    assert [projection.cpu_path(r) for r in (1, 3, 16, 9, 128, 2, 4)] == ["bmm"] * 2 + ["wxt"] * 3 + ["bmm"] * 2
-    assert timed == [1, 4, 16, 128, 2]   # once per bucket, at its largest row count
-    assert projection.measured_paths() == {"rows <= 1": "bmm", "rows <= 2": "bmm", "rows <= 4": "bmm",
-                                           "rows <= 16": "wxt", "rows <= 128": "wxt"}
+    got = [projection.cpu_path(r, 512, 64) for r in (1, 3, 16, 9, 128, 2, 4)]
+    assert got == ["bmm"] * 2 + ["wxt"] * 3 + ["bmm"] * 2
+    assert projection.cpu_path(16, 256, 64) == "wxt"
+    # once per weight shape and bucket, at the bucket's largest row count
+    assert timed == [(1, 512, 64), (4, 512, 64), (16, 512, 64), (128, 512, 64), (2, 512, 64), (16, 256, 64)]
+    assert projection.measured_paths()["512x64, rows <= 16"] == "wxt"
     assert [projection.row_bucket(r) for r in (1, 2, 3, 5, 16, 17, 128)] == [1, 2, 4, 8, 16, 32, 128]
-    assert real_measure(16, N=512, K=256, rounds=1) in ("bmm", "wxt", "linear")
+    assert real_measure(16, 512, 256, rounds=1) in ("bmm", "wxt", "linear")
+    assert real_measure(4, 100, 64, rounds=1) in ("wxt", "linear")   # N=100 has no blocks to bmm
     monkeypatch.setenv(projection.PATH_ENV, "fast")
     with pytest.raises(ValueError, match="TRIDIFF_CPU_PROJECTION: expected one of auto, linear, wxt, bmm"):
-        projection.cpu_path(1)
+        projection.cpu_path(1, 512, 64)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
