@@ -10,8 +10,8 @@ rotary and the MLP are plain torch; attention and every KV-cache mutation go thr
 tridiff.ops, never a backend directly.
 
 Per layer (tridiff.layers): q/k/v is one GEMM and gate/up is one GEMM (Model.fused); CPU
-projections of up to BMM_ROWS tokens run as one batched GEMM over row blocks of the
-weight (tridiff.projection); attention is checked and its backend resolved once per
+projections of up to BMM_ROWS tokens take the formulation measured fastest on the
+machine for their weight shape (tridiff.projection); attention is checked and its backend resolved once per
 forward (ops attention_plan), not once per layer; rotary and the llama-4 query scale
 come from per-position tables.
 
