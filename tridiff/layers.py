@@ -75,9 +75,11 @@ class _FusedRows(nn.Module):
         parameter new storage (load_state_dict with assign=True, param.data = ...) is
         noticed here by address, and the blocks are stacked again with the parameters
         re-pointed at the new tensor."""
+        hit = self._fused
+        if hit is not None and torch.compiler.is_compiling():
+            return hit[1]   # traced: storage addresses are not comparable; weights do not move there
         # runs per layer per forward: plain dict reads instead of nn.Module.__getattr__
         parts = [self._modules[name]._parameters["weight"] for name in self.fused_names]
-        hit = self._fused
         if hit is not None and hit[0] == [p.data_ptr() for p in parts]:
             return hit[1]
         whole = fuse(parts)

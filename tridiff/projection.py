@@ -37,7 +37,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     K = x.shape[-1]
     rows = x.numel() // K if K else 0
     if 0 < rows <= BMM_ROWS and x.device.type == "cpu" and x.dtype in BMM_DTYPES and x.is_contiguous() \
-            and weight.is_contiguous():
+            and weight.is_contiguous() and not torch.compiler.is_compiling():   # traced: inductor plans its GEMMs
         path = cpu_path(rows, weight.shape[0], K)
         if path == "wxt":
             y = torch.mm(weight, x.view(rows, K).t()).t().contiguous()
