@@ -110,6 +110,19 @@ def quadratic_vs_causal(L: int, P: int) -> dict:
                 ratio=(quad["tiles"] / causal["tiles"]) / (quad["visible"] / causal["visible"]))
 
 
+def anchored_vs_causal(L: int, k: int, P: int) -> dict:
+    """The same ratio for ANCHORED_QUADRATIC with k anchors spread over 0..L-1 (pruned
+    quadratic self-speculation), against CAUSAL over its L(k+1) rows."""
+    case = make_case(f"ANCHORED{L}x{k}", 1, GPU_DIMS.new)
+    rows = case.Tq
+    anc = work(case, P)
+    causal = work(homogeneous(Mode.CAUSAL, 0, rows, 1, rows), P)
+    return dict(L=L, k=k, P=P, rows=rows, tiles_anchored=anc["tiles"], tiles_causal=causal["tiles"],
+                visible_anchored=anc["visible"], visible_causal=causal["visible"],
+                useful=anc["visible"] / anc["computed"],
+                ratio=(anc["tiles"] / causal["tiles"]) / (anc["visible"] / causal["visible"]))
+
+
 def mixed_vs_parts(B: int, P: int, new: int = GPU_DIMS.new) -> dict:
     """The mixed-batch target in work terms: MIXED over B rows against each homogeneous
     batch of B rows of one of its modes; ratio = work_mixed / max(work_part) <= 1.05."""
@@ -135,6 +148,13 @@ def main(argv=None):
             print(f"{L:>3} {P:>6} {r['tiles_quadratic']:>8} {r['tiles_causal']:>8} "
                   f"{r['tiles_quadratic'] / r['tiles_causal']:>9.3f} "
                   f"{r['visible_quadratic'] / r['visible_causal']:>12.3f} {r['ratio']:>6.2f}")
+    print("\nANCHORED_QUADRATIC(L, k anchors) vs CAUSAL over the same L(k+1) rows")
+    print(f"{'L':>3} {'k':>2} {'P':>6} {'tiles A':>8} {'tiles C':>8} {'visible A/C':>12} {'ratio':>6} {'useful':>7}")
+    for L, k in ((16, 2), (16, 4), (32, 2), (32, 4)):
+        for P in Ps:
+            r = anchored_vs_causal(L, k, P)
+            print(f"{L:>3} {k:>2} {P:>6} {r['tiles_anchored']:>8} {r['tiles_causal']:>8} "
+                  f"{r['visible_anchored'] / r['visible_causal']:>12.3f} {r['ratio']:>6.2f} {r['useful']:>7.2f}")
     print("\nMIXED batch vs its slowest homogeneous part, same B (target: ratio <= 1.05)")
     for P in Ps:
         r = mixed_vs_parts(4, P)
