@@ -20,16 +20,13 @@ import torch
 
 from tridiff import ops
 from tridiff.decode import anchors as anc
-from tridiff.decode.state import RunState
+from tridiff.decode.quadratic import QuadraticSpec
 from tridiff.modes import Mode
 
 
-class AnchoredSpec(RunState):
-    name = "quadratic-spec"
-    graphable = True
-    speculative = True
-    block_multiple = True
-    greedy_only = True
+class AnchoredSpec(QuadraticSpec):
+    """Quadratic self-speculation with its forward pruned to k anchor groups (same name,
+    flags, first forward and trim as QuadraticSpec)."""
 
     @staticmethod
     def extra_len(max_new, L, anchors=None):
@@ -38,29 +35,18 @@ class AnchoredSpec(RunState):
         return max_new + L - 1 + L * (num_anchors(anchors) + 1)
 
     def decode(self):
-        L, B, dev = self.block_length, self.batch, self.dev
-        tok = self.padded_prompts(int(max(len(p) for p in self.prompts)) + L)
-        q = self.prompt_lens + L
-        logits = self.forward(tok, modes=Mode.CAUSAL_THEN_BIDIR, mode_args=L, kv="write", q_lens=q)
-        self.cache.commit_(self.prompt_lens)
-        rows = torch.arange(B, device=dev)[:, None]
-        cols = self.prompt_lens.long()[:, None] + torch.arange(L, device=dev)[None, :]
-        first = self.pick(logits[rows[:, 0], self.prompt_lens.long() - 1])
-        x0, conf = self.confidence(logits[rows, cols], greedy=True)
+        logits = self.draft_forward()
+        first = self.pick(logits[:, 0])
+        x0, conf = self.confidence(logits, greedy=True)                     # rows 1.. are the block's
         self.keep("draft", torch.cat([first[:, None], x0[:, 1:]], dim=1))   # state: draft per row
         self.keep("conf", conf)                                             # state: its confidences
-        self.count(self.active)
         self.emit(first[:, None], torch.ones_like(self.n_out))
         if self.eos >= 0:
             self.active &= first != self.eos
         self.active &= self.n_out < self.max_new
         if isinstance(self.shape.anchors, tuple):
-            self.keep("fixed", anc.fixed_anchors(self.shape.anchors, B, dev))
-        step = self.stepper(self.anchored_step)
-        for it in range(self.max_new):   # every iteration emits >= 1 token per running row
-            if not self.running(it):
-                break
-            step()
+            self.keep("fixed", anc.fixed_anchors(self.shape.anchors, self.batch, self.dev))
+        self.iterate(self.anchored_step)
 
     def anchored_step(self):
         """One ANCHORED_QUADRATIC forward, accept, commit, emit, next draft (graph-capturable)."""
@@ -86,9 +72,6 @@ class AnchoredSpec(RunState):
         draft.copy_(torch.where(act[:, None], new_draft, draft))
         conf.copy_(torch.where(act[:, None], new_conf, conf))
         self.active &= ~res.hit_eos & (self.n_out < self.max_new)
-
-    def trim(self, tokens):
-        return super().trim(tokens[:self.max_new])   # exactly max_new_tokens, as quadratic
 
 
 def num_anchors(anchors) -> int:

@@ -31,23 +31,34 @@ class QuadraticSpec(RunState):
         # a finished row keeps running its QUADRATIC forward (L*(L+1) scratch slots)
         return max_new + L - 1 + L * (L + 1)
 
-    def decode(self):
+    def draft_forward(self):
+        """The first forward, [prompt | MASK x L] with the prompt causal and the block
+        bidirectional; commits the prompt and counts the forward. Returns the draft's
+        logits [B, L, V]: row 0 the last prompt row (its AR reading is d_0), row j > 0 block
+        row j (its diffusion reading is d_j)."""
         L, B, dev = self.block_length, self.batch, self.dev
         tok = self.padded_prompts(int(max(len(p) for p in self.prompts)) + L)
         q = self.prompt_lens + L
         logits = self.forward(tok, modes=Mode.CAUSAL_THEN_BIDIR, mode_args=L, kv="write", q_lens=q)
         self.cache.commit_(self.prompt_lens)
+        self.count(self.active)
         rows = torch.arange(B, device=dev)[:, None]
-        # draft[0]: AR reading of the last prompt row; draft[j>0]: diffusion reading of block row j
         cols = self.prompt_lens.long()[:, None] + torch.arange(L, device=dev)[None, :]
         cols[:, 0] -= 1
-        self.keep("draft", self.pick(logits[rows, cols]))   # state: the current draft per row
-        self.count(self.active)
+        return logits[rows, cols]
+
+    def decode(self):
+        L, B, dev = self.block_length, self.batch, self.dev
+        self.keep("draft", self.pick(self.draft_forward()))   # state: the current draft per row
         a = torch.arange(L, device=dev)[:, None]
         b = torch.arange(L + 1, device=dev)[None, :]
         self.keep("offsets", (a + b).reshape(1, -1))   # slot (a, b) sits at position P + a + b
         self.keep("verify_slots", ops.quadratic_verify_slots(L, B, device=dev))
-        step = self.stepper(self.quadratic_step)
+        self.iterate(self.quadratic_step)
+
+    def iterate(self, fn):
+        """Run step fn (eager or as its graph) until no row runs."""
+        step = self.stepper(fn)
         for it in range(self.max_new):   # every iteration emits >= 1 token per running row
             if not self.running(it):
                 break
