@@ -25,14 +25,13 @@ does not. Rows are appended to bench/results/anchored.jsonl.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import time
 from pathlib import Path
 
 import torch
 
+from bench.common import ForwardLog
 from bench.machine import environment
 from bench.record import DEFAULT_OUT
 from tridiff import models
@@ -54,41 +53,12 @@ def contenders(L: int, ks) -> dict:
     return runs
 
 
-class StepLog:
-    """Times every forward of one generate call; the first (prefill, or prompt + first
-    draft) is kept apart, the rest are the decoding iterations' forwards by row count."""
-
-    def __init__(self, model):
-        self.model, self.first, self.by_rows = model, None, {}
-
-    @contextlib.contextmanager
-    def installed(self):
-        inner = type(self.model).forward.__get__(self.model)
-
-        def forward(tokens, *args, **kwargs):
-            t0 = time.perf_counter()
-            out = inner(tokens, *args, **kwargs)
-            dt, rows = time.perf_counter() - t0, tokens.shape[1]
-            if self.first is None:
-                self.first = (rows, dt)
-            else:
-                n, s = self.by_rows.get(rows, (0, 0.0))
-                self.by_rows[rows] = (n + 1, s + dt)
-            return out
-
-        self.model.forward = forward
-        try:
-            yield self
-        finally:
-            del self.model.forward
-
-
 def decode_all(model, prompts, runs: dict, new_tokens: int) -> dict:
     """{name: dict(results, seconds, by_rows)} with the contenders interleaved per prompt."""
     out = {name: dict(results=[], seconds=0.0, by_rows={}) for name in runs}
     for p in prompts:
         for name, kw in runs.items():
-            log = StepLog(model)
+            log = ForwardLog(model, first_apart=True)
             extra = kw.get("block_length", 0) if name == "ar" else 0  # linear may overshoot by L-1
             with log.installed():
                 res = generate(model, [p], max_new_tokens=new_tokens + extra, **kw)

@@ -46,7 +46,7 @@ import time
 
 import torch
 
-from bench.common import Timing, bench_main, start_run
+from bench.common import ForwardLog, Timing, bench_main, start_run
 from tridiff import projection
 
 SHAPES = {
@@ -121,33 +121,6 @@ def hf_generate(model, prompt, new_tokens):
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
                              min_new_tokens=0, do_sample=False)
     return out[0, len(prompt):].tolist()
-
-
-class ForwardLog:
-    """Counts and times every forward of a tridiff model by its number of token rows
-    (installed as an instance attribute, so generate's calls go through it)."""
-
-    def __init__(self, model):
-        self.model, self.by_rows, self.adapter_forwards = model, {}, 0
-
-    @contextlib.contextmanager
-    def installed(self):
-        inner = type(self.model).forward.__get__(self.model)
-
-        def forward(tokens, *args, **kwargs):
-            t0 = time.perf_counter()
-            out = inner(tokens, *args, **kwargs)
-            dt = time.perf_counter() - t0
-            n, s = self.by_rows.get(tokens.shape[1], (0, 0.0))
-            self.by_rows[tokens.shape[1]] = (n + 1, s + dt)
-            self.adapter_forwards += bool(kwargs.get("adapter")) and self.model.has_adapter
-            return out
-
-        self.model.forward = forward
-        try:
-            yield self
-        finally:
-            del self.model.forward
 
 
 def streamed_bytes(model, with_adapter: bool) -> int:

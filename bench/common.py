@@ -8,12 +8,14 @@
 and here what every bench module's run()/main() repeats: the shared CLI flags and the
 `main` that hands them to run() (bench_main), the device + plan + Recorder a run starts
 with (start_run), the tridiff backends available for an op (backends_per_op records why
-the others are skipped), and tridiff's host-side value checks switched off while timing.
+the others are skipped), tridiff's host-side value checks switched off while timing, and
+a per-forward timer for end-to-end runs (ForwardLog).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import time
 from contextlib import contextmanager, nullcontext
 from typing import Optional
 
@@ -115,3 +117,36 @@ def tridiff_backends(op: str, device: torch.device, requested: Optional[str] = N
         else:
             ok.append(name)
     return ok, why
+
+
+class ForwardLog:
+    """Counts and times every forward of a tridiff model by its number of token rows
+    (installed as an instance attribute, so generate's calls go through it). With
+    first_apart, the first forward of the call (prefill, or prompt + first draft) goes to
+    .first = (rows, seconds) instead of .by_rows."""
+
+    def __init__(self, model, first_apart: bool = False):
+        self.model, self.by_rows, self.adapter_forwards = model, {}, 0
+        self.first_apart, self.first = first_apart, None
+
+    @contextmanager
+    def installed(self):
+        inner = type(self.model).forward.__get__(self.model)
+
+        def forward(tokens, *args, **kwargs):
+            t0 = time.perf_counter()
+            out = inner(tokens, *args, **kwargs)
+            dt, rows = time.perf_counter() - t0, tokens.shape[1]
+            self.adapter_forwards += bool(kwargs.get("adapter")) and self.model.has_adapter
+            if self.first_apart and self.first is None:
+                self.first = (rows, dt)
+            else:
+                n, s = self.by_rows.get(rows, (0, 0.0))
+                self.by_rows[rows] = (n + 1, s + dt)
+            return out
+
+        self.model.forward = forward
+        try:
+            yield self
+        finally:
+            del self.model.forward
