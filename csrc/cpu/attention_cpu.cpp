@@ -42,10 +42,10 @@ void load_row(A* dst, const T* src, int64_t D, int64_t stride = 1) {
 // K is staged transposed ([D][kAttnBlockN]) so the stand-in MMA vectorises across keys
 // while each score still sums over d in order; masked scores are never computed.
 template <typename T, typename A>
-void key_block(const AttnArgs& a, TileScratch<T, A>& w, const TileRow* rows) {
+void key_block(const AttnArgs& a, TileScratch<T, A>& w, const TileRow* rows, int nr) {
   const int64_t D = a.D;
   const A scale = (A)a.scale_log2;
-  for (int r = 0; r < kAttnBlockM; ++r) {
+  for (int r = 0; r < nr; ++r) {
     if (!rows[r].live) continue;  // no visible key: s = -inf, the step leaves m, l, acc at their initial values
     A* s = &w.s[r * kAttnBlockN];
     const unsigned char* vis = &w.vis[r * kAttnBlockN];
@@ -82,8 +82,11 @@ void run_tile(const AttnArgs& a, int64_t qt, int64_t b, int64_t kvh, int64_t spl
   const int64_t D = a.D, q0 = qt * attn_block_q(a);
   const TileMeta tm = tile_meta(a, b, q0, split);
   const int64_t es = (int64_t)sizeof(T), slab = kvh * D * es;
+  // Rows r >= nr of the tile are past Tq (no output, no keys): a decoding step's tile has
+  // one query position, `group` rows of 64, so every loop below stops at nr.
+  const int nr = (int)(min64(attn_block_q(a), a.Tq - q0) * attn_group(a));
   TileRow rows[kAttnBlockM];
-  for (int r = 0; r < kAttnBlockM; ++r) {
+  for (int r = 0; r < nr; ++r) {
     rows[r] = tile_row(a, q0, kvh, tm.n, r);
     w.m[r] = neg_inf_acc<A>();
     w.l[r] = 0;
@@ -115,16 +118,16 @@ void run_tile(const AttnArgs& a, int64_t qt, int64_t b, int64_t kvh, int64_t spl
       load_row(&w.k[j], kr, D, kAttnBlockN);  // transposed
       load_row(&w.v[j * D], vr, D);
     }
-    for (int r = 0; r < kAttnBlockM; ++r)
+    for (int r = 0; r < nr; ++r)
       for (int j = 0; j < kAttnBlockN; ++j)
         w.vis[r * kAttnBlockN + j] =
             rows[r].live && j < kb.nk &&
             (!kb.is_new || block_key_visible(tm, kb, rows[r].qpos, block_key(kb, j)));
-    key_block(a, w, rows);
+    key_block(a, w, rows, nr);
   }
   // Epilogue: the output itself (one split) or the split's partial + log2-sum-exp.
   const int64_t ws_rows = attn_ws_rows(a);
-  for (int r = 0; r < kAttnBlockM; ++r) {
+  for (int r = 0; r < nr; ++r) {
     if (!rows[r].store) continue;
     const A inv = row_inv_l(rows[r].live, w.l[r]);
     const int64_t row = (b * a.Tq + rows[r].qpos) * a.Hq + rows[r].head;

@@ -173,39 +173,37 @@ def normalize_attention_args(q, k, v, k_cache, v_cache, cache_lens, modes, mode_
 
 
 def _check_attention_values(modes, mode_args, q_lens, cache_lens, Tq, cap, write_kv) -> None:
+    """The per-row value rules, on host lists (one transfer per tensor; a forward checks
+    these once, and a few Python comparisons per row cost less than the ~20 small torch
+    ops the same rules take as tensor expressions)."""
     if not chk.values_checkable(modes) or chk.is_fake(modes):
         return
-    chk.lengths_in_range("modes", modes, 0, NUM_MODES - 1, f"{NUM_MODES - 1} (tridiff.Mode)")
-    chk.lengths_in_range("q_lens", q_lens, 0, Tq, f"Tq={Tq}")
-    if write_kv:
-        chk.lengths_in_range("cache_lens", cache_lens, 0, cap - q_lens,
-                             f"capacity {cap} minus q_lens (write_kv=True)")
-    else:
-        chk.lengths_in_range("cache_lens", cache_lens, 0, cap, f"capacity {cap}")
-    m = modes.detach().cpu().long()
-    arg = mode_args.detach().cpu().long()
-    n = q_lens.detach().cpu().long()
-    quad = m == Mode.QUADRATIC
-    bad = quad & ((arg < 1) | (arg * (arg + 1) != n))
-    if bool(bad.any()):
-        b = int(bad.nonzero()[0, 0])
-        chk.fail("mode_args", "L >= 1 with q_lens == L*(L+1) on QUADRATIC rows",
-                 f"L={int(arg[b])}, q_lens={int(n[b])} at row {b}")
-    anc = (m == Mode.ANCHORED_QUADRATIC) & (n > 0)
-    if bool(anc.any()):
-        bits = (arg[:, None] & 0xFFFFFFFF) >> torch.arange(32) & 1      # mask read as uint32
-        k = bits.sum(dim=1)
-        L = n // (k + 1)
-        top = torch.where(k > 0, 31 - bits.flip(1).argmax(dim=1), -1)  # highest anchor
-        bad = anc & ((n % (k + 1) != 0) | (L < 1) | (L > 32) | (top >= L))
-        if bool(bad.any()):
-            b = int(bad.nonzero()[0, 0])
-            chk.fail("mode_args", "an anchor bitmask with q_lens == L*(popcount+1), 1 <= L <= 32 and every "
-                     "anchor < L on ANCHORED_QUADRATIC rows",
-                     f"mode_args={int(arg[b]) & 0xFFFFFFFF:#x} (k={int(k[b])}), q_lens={int(n[b])} at row {b}")
-    ctb = m == Mode.CAUSAL_THEN_BIDIR
-    bad = ctb & ((arg < 0) | (arg > n))
-    if bool(bad.any()):
-        b = int(bad.nonzero()[0, 0])
-        chk.fail("mode_args", "0 <= K <= q_lens on CAUSAL_THEN_BIDIR rows",
-                 f"K={int(arg[b])}, q_lens={int(n[b])} at row {b}")
+    m, arg, n, lens = (t.detach().cpu().tolist() for t in (modes, mode_args, q_lens, cache_lens))
+    for b in range(len(m)):
+        if not 0 <= m[b] <= NUM_MODES - 1:
+            chk.fail("modes", f"values in [0, {NUM_MODES - 1} (tridiff.Mode)] (row {b}: limit {NUM_MODES - 1})",
+                     f"{m[b]} at row {b}")
+    for b in range(len(m)):
+        if not 0 <= n[b] <= Tq:
+            chk.fail("q_lens", f"values in [0, Tq={Tq}] (row {b}: limit {Tq})", f"{n[b]} at row {b}")
+    for b in range(len(m)):
+        hi = cap - n[b] if write_kv else cap
+        if not 0 <= lens[b] <= hi:
+            desc = f"capacity {cap} minus q_lens (write_kv=True)" if write_kv else f"capacity {cap}"
+            chk.fail("cache_lens", f"values in [0, {desc}] (row {b}: limit {hi})", f"{lens[b]} at row {b}")
+    for b in range(len(m)):
+        mode, a, nb = m[b], arg[b], n[b]
+        if mode == Mode.QUADRATIC and (a < 1 or a * (a + 1) != nb):
+            chk.fail("mode_args", "L >= 1 with q_lens == L*(L+1) on QUADRATIC rows",
+                     f"L={a}, q_lens={nb} at row {b}")
+        if mode == Mode.ANCHORED_QUADRATIC and nb > 0:
+            mask = a & 0xFFFFFFFF                      # the bitmask read as uint32
+            k = bin(mask).count("1")
+            L = nb // (k + 1)
+            top = mask.bit_length() - 1                # highest anchor (-1: none)
+            if nb % (k + 1) != 0 or L < 1 or L > 32 or top >= L:
+                chk.fail("mode_args", "an anchor bitmask with q_lens == L*(popcount+1), 1 <= L <= 32 and every "
+                         "anchor < L on ANCHORED_QUADRATIC rows",
+                         f"mode_args={mask:#x} (k={k}), q_lens={nb} at row {b}")
+        if mode == Mode.CAUSAL_THEN_BIDIR and not 0 <= a <= nb:
+            chk.fail("mode_args", "0 <= K <= q_lens on CAUSAL_THEN_BIDIR rows", f"K={a}, q_lens={nb} at row {b}")
