@@ -21,6 +21,10 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 CUDA_SOURCES = ["csrc/bindings.cpp"] + sorted(
     os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "csrc", "*", "*_launch.cu")))
 CPP_SOURCES = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))
+# csrc/cpu's own headers (not package data like the shared .cuh/.h): listed as `depends`,
+# so an sdist carries them and a change rebuilds the module.
+CPP_DEPENDS = sorted(os.path.relpath(p, ROOT) for ext in ("h", "inc")
+                     for p in glob.glob(os.path.join(ROOT, "csrc", "cpu", f"*.{ext}")))
 DEFAULT_ARCHS = "9.0a"
 
 
@@ -109,6 +113,7 @@ def cpp_extension_module(optional: bool):
     return Extension(
         "tridiff._cpp",
         sources=CPP_SOURCES,
+        depends=CPP_DEPENDS,
         include_dirs=["csrc", _pybind11_include(), _build_info_dir("cpp", torch)],
         extra_compile_args=["-std=c++17", "-O3", "-fopenmp", "-fvisibility=hidden"],
         extra_link_args=["-fopenmp"],

@@ -14,7 +14,7 @@ fi
 
 inputs=(requirements-cpu.txt pyproject.toml setup.py)
 [ -f csrc_build.py ] && inputs+=(csrc_build.py)
-stamp_now="$( (cat "${inputs[@]}"; find csrc -type f \( -name '*.cpp' -o -name '*.cu' -o -name '*.cuh' -o -name '*.h' \) 2>/dev/null | sort | xargs -r cat) | sha256sum | cut -d' ' -f1)"
+stamp_now="$( (cat "${inputs[@]}"; find csrc -type f \( -name '*.cpp' -o -name '*.cu' -o -name '*.cuh' -o -name '*.h' -o -name '*.inc' \) 2>/dev/null | sort | xargs -r cat) | sha256sum | cut -d' ' -f1)"
 stamp_file=.venv/.tridiff-bootstrap
 if [ "$(cat "$stamp_file" 2>/dev/null)" != "$stamp_now" ]; then
     echo "bootstrap: installing the pinned environment (requirements-cpu.txt)"

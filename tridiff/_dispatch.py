@@ -43,6 +43,7 @@ OPS = {
     "kv_compact_": "kv_cache", "paged_reserve_": "kv_cache", "paged_release_": "kv_cache",
     "sample": "sample", "diffusion_confidence": "sample", "diffusion_unmask": "sample",
     "accept_linear": "accept", "accept_rejection": "accept", "accept_quadratic": "accept",
+    "decoder_layers_": "decoder",
 }
 
 # Fastest first, per device type, refined per op. The CPU entries follow

@@ -20,7 +20,8 @@ from torch import nn
 
 from tridiff.config import ModelConfig
 from tridiff.ops.attention import attention_plan
-from tridiff.projection import BMM_DTYPES, linear
+from tridiff.layer_math import rms_norm, rotate
+from tridiff.projection import linear
 
 
 class Weight(nn.Module):
@@ -145,6 +146,14 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = Weight(c.hidden_size, dtype=dtype, device=device)
         self.post_attention_layernorm = Weight(c.hidden_size, dtype=dtype, device=device)
 
+    def stack_params(self) -> list:
+        """Every weight of the layer (9 parameters), read through the module dicts (no
+        nn.Module.__getattr__): tridiff.model keys its ops.decoder_layers_ weights on them."""
+        attn, mlp = self.self_attn._modules, self.mlp._modules
+        return [self._modules[name]._parameters["weight"] for name in ("input_layernorm", "post_attention_layernorm")] \
+            + [attn[name]._parameters["weight"] for name in ("q_proj", "k_proj", "v_proj", "o_proj")] \
+            + [mlp[name]._parameters["weight"] for name in ("gate_proj", "up_proj", "down_proj")]
+
     def forward(self, x, ctx: ForwardContext, lora: Optional["LoraLayer"] = None):
         x = x + self.self_attn.forward(rms_norm(x, self.input_layernorm.weight, ctx.eps), ctx, lora)
         return x + self.mlp.forward(rms_norm(x, self.post_attention_layernorm.weight, ctx.eps))
@@ -205,31 +214,3 @@ def fuse(params) -> torch.Tensor:
         for p, block in zip(params, whole.split([p.shape[0] for p in params], dim=0)):
             p.data = block
     return whole
-
-
-# ---- norm and rotary -------------------------------------------------------------------
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """weight * x / rms(x), the statistics in fp32 (fp64 for fp64), as transformers does.
-    For fp32/fp64 that is exactly F.rms_norm (one call instead of six: the same operations
-    in the same dtype; tests/model/test_fused.py checks them bit for bit)."""
-    if x.dtype in BMM_DTYPES:
-        return F.rms_norm(x, (x.shape[-1],), weight, eps)
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    xf = x.to(acc)
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * xf.to(x.dtype)
-
-
-def rotary_tables(cos: torch.Tensor, sin: torch.Tensor):
-    """cos, sin [B, T, D] -> [B, T, 1, D] tables for rotate: sin carries rotate_half's
-    sign (its first half negated)."""
-    half = sin.shape[-1] // 2
-    signed = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
-    return cos[:, :, None, :], signed[:, :, None, :]
-
-
-def rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
-    """tridiff.rotary.apply_rotary, bit for bit: rotate_half(x) * sin = [-x2, x1] * sin
-    = roll(x, D/2) * [-sin1, sin2] (a sign moved between exact factors)."""
-    return x * cos + torch.roll(x, x.shape[-1] // 2, dims=-1) * signed_sin

@@ -172,7 +172,7 @@ def test_cpu_path_auto_measures_once_per_bucket_and_bad_values_are_refused(monke
 def test_per_layer_rotary_and_norm_are_the_plain_formulas_bit_for_bit(dtype):
     """The forward's rotary (roll with a signed sin table) and RMS norm (F.rms_norm for
     fp32/fp64) give exactly tridiff.rotary.apply_rotary and transformers' formula."""
-    from tridiff.layers import rms_norm, rotary_tables, rotate
+    from tridiff.layer_math import rms_norm, rotary_tables, rotate
     from tridiff.rotary import apply_rotary
 
     g = torch.Generator().manual_seed(3)
@@ -192,7 +192,7 @@ def test_position_tables_are_the_rotary_and_scale_formulas(dtype):
     """Forwards with default positions gather cos/sin/query-scale rows from per-position
     tables: each row must be exactly what the formulas give at that position (positions
     past the llama-4 threshold included), and the tables grow when a cache needs more."""
-    from tridiff.layers import rotary_tables
+    from tridiff.layer_math import rotary_tables
     from tridiff.rotary import cos_sin, llama4_query_scale
 
     model = _model(dtype)

@@ -43,3 +43,6 @@ supports_accept_quadratic = _backend.supports_accept_quadratic
 attention = _backend.attention
 supports_attention = _backend.supports_attention
 attention_launch = _backend.attention_launch  # test knobs: forced splits, NaN-filled out/workspace
+# decoder layers in one call (csrc/cpu/decoder_cpu.cpp)
+decoder_layers_ = _backend.decoder_layers_
+supports_decoder_layers_ = _backend.supports_decoder_layers_

@@ -9,9 +9,10 @@ follows torch's caching allocator and CUDA graphs. Nothing here loads an extensi
 before the first call.
 """
 from tridiff.native.attention import AttentionOps
+from tridiff.native.decoder import DecoderOps
 from tridiff.native.kv import KvOps
 from tridiff.native.select import SelectOps
 
 
-class Native(KvOps, SelectOps, AttentionOps):
+class Native(KvOps, SelectOps, AttentionOps, DecoderOps):
     """One native backend: Native("cpp", "cpu") or Native("cuda", "cuda")."""

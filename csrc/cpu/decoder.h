@@ -1,0 +1,44 @@
+// A whole stack of decoder layers in one CPU call (csrc/cpu/decoder_cpu.cpp): RMS norm,
+// the fused q/k/v GEMM, rotary and the llama-4 query scale, attention over the KV cache
+// (the csrc/attention tiling, CpuImpl::attention, every mode and cache layout), o_proj
+// with the optional LoRA delta, the residual, RMS norm, the fused gate/up GEMM, SiLU
+// gating, down_proj and the residual. The per-op host cost of the same forward written
+// op by op (tridiff.layers) is most of a decoding step at small model sizes on CPU.
+// Reference: tridiff/reference/decoder.py. No torch header.
+#pragma once
+#include <cstdint>
+
+#include "../api.h"
+
+namespace td {
+
+// One layer's weights, row-major [out, in] like torch.nn.functional.linear's weight.
+struct DecoderLayerPtrs {
+  const void* norm1;    // [H]        input_layernorm
+  const void* qkv;      // [(Hq + 2 Hkv) D, H]  q, k, v row blocks
+  const void* o;        // [H, Hq D]
+  const void* norm2;    // [H]        post_attention_layernorm
+  const void* gate_up;  // [2 I, H]   gate, up row blocks
+  const void* down;     // [H, I]
+  const void* lora_a;   // [rank, Hq D] or nullptr
+  const void* lora_b;   // [H, rank]    or nullptr
+};
+
+struct DecoderArgs {
+  void* x;              // [rows, H] residual stream, updated in place (rows = B * Tq)
+  void* qkv;            // scratch [rows, (Hq + 2 Hkv) D]: q, k, v of a layer
+  void* attn;           // scratch [rows, Hq D]: attention output of a layer
+  const void* cos;      // [rows, D] rotary cos
+  const void* sin;      // [rows, D] rotary sin, first half negated (rotate_half's sign)
+  const void* q_scale;  // [rows] llama-4 query scale
+  const DecoderLayerPtrs* layers;
+  int64_t num_layers, H, I, lora_rank;
+  double eps, lora_scale;
+  AttnArgs attn_args;   // caches of layer 0, metadata, B/Tq/Hq/Hkv/D; q/k/v/out are set per layer
+  int64_t layer_bytes;  // bytes between consecutive layers' k (and v) caches
+};
+
+// kOk, kBadArgument (inconsistent sizes) or kBadDtype (fp32 and fp64 only).
+int decoder_layers_cpu(const DecoderArgs& a, int dtype);
+
+}  // namespace td

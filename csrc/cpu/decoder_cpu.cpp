@@ -1,0 +1,166 @@
+// CPU decoder layers in one call (decoder.h). Projections are register-tiled dot products
+// over the weight rows (decoder_gemm.inc), parallel over output features; the rest is
+// scalar loops over a few rows. Only the GEMM panels are compiled for AVX2+FMA: their
+// sums are not compared bit for bit with torch (F.linear's BLAS uses FMAs too), so
+// contraction is allowed there and nowhere else in this build (csrc/README.md, "Rounding").
+#include "decoder.h"
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace td {
+namespace {
+
+// The GEMM panels (decoder_gemm.inc) twice: for AVX2+FMA and for baseline x86-64; the
+// first is taken when the CPU has both (checked once, at load time).
+namespace avx2 {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#include "decoder_gemm.inc"
+#pragma GCC pop_options
+#define TD_HAVE_AVX2_PANELS 1
+#endif
+}  // namespace avx2
+namespace base {
+#include "decoder_gemm.inc"
+}  // namespace base
+
+#ifdef TD_HAVE_AVX2_PANELS
+const bool kAvx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+const bool kAvx2 = false;
+#endif
+
+inline void run_panel(const float* in, int64_t rows, int64_t K, const float* W, int64_t n, float* out, int64_t ldo) {
+#ifdef TD_HAVE_AVX2_PANELS
+  if (kAvx2) return avx2::panel_f32(in, rows, K, W, n, out, ldo);
+#endif
+  base::panel_f32(in, rows, K, W, n, out, ldo);
+}
+inline void run_panel(const double* in, int64_t rows, int64_t K, const double* W, int64_t n, double* out,
+                      int64_t ldo) {
+#ifdef TD_HAVE_AVX2_PANELS
+  if (kAvx2) return avx2::panel_f64(in, rows, K, W, n, out, ldo);
+#endif
+  base::panel_f64(in, rows, K, W, n, out, ldo);
+}
+
+// out[rows, N] = in[rows, K] W[N, K]^T, output features split across threads in chunks
+// of 16 (a multiple of every tile width), in parallel only when there is enough work to
+// pay for waking the threads.
+template <typename T>
+void linear(const T* in, int64_t rows, int64_t K, const T* W, int64_t N, T* out) {
+  const int64_t chunk = 16, chunks = (N + chunk - 1) / chunk;
+#pragma omp parallel for schedule(static) if (rows * N * K >= (1 << 16))
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t n0 = c * chunk, n = N - n0 < chunk ? N - n0 : chunk;
+    run_panel(in, rows, K, W + n0 * K, n, out + n0, N);
+  }
+}
+
+// F.rms_norm for fp32/fp64: x * rsqrt(mean(x^2) + eps), then * weight, in T.
+template <typename T>
+void rms_norm(const T* x, const T* w, int64_t rows, int64_t H, double eps, T* out) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * H;
+    T ss = 0;
+    for (int64_t d = 0; d < H; ++d) ss += xr[d] * xr[d];
+    const T inv = (T)1 / std::sqrt(ss / (T)H + (T)eps);
+    for (int64_t d = 0; d < H; ++d) out[r * H + d] = (xr[d] * inv) * w[d];
+  }
+}
+
+// tridiff.layers.rotate on the q and k heads of each row (x * cos + roll(x, D/2) * sin),
+// then q *= the row's query scale.
+template <typename T>
+void rotary(T* qkv, int64_t rows, int64_t Hq, int64_t Hkv, int64_t D, const T* cos, const T* sin,
+            const T* q_scale) {
+  const int64_t width = (Hq + 2 * Hkv) * D, half = D / 2;
+  std::vector<T> tmp(D);
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* c = cos + r * D;
+    const T* s = sin + r * D;
+    for (int64_t h = 0; h < Hq + Hkv; ++h) {
+      T* x = qkv + r * width + h * D;
+      for (int64_t d = 0; d < D; ++d) tmp[d] = x[d] * c[d] + x[(d + half) % D] * s[d];
+      if (h < Hq)
+        for (int64_t d = 0; d < D; ++d) x[d] = tmp[d] * q_scale[r];
+      else
+        std::memcpy(x, tmp.data(), (size_t)D * sizeof(T));
+    }
+  }
+}
+
+template <typename T>
+int decoder_layers(const DecoderArgs& a, int dtype) {
+  const AttnArgs& at = a.attn_args;
+  const int64_t rows = at.B * at.Tq, H = a.H, I = a.I, Hq = at.Hq, Hkv = at.Hkv, D = at.D;
+  const int64_t width = (Hq + 2 * Hkv) * D, qd = Hq * D;
+  T* x = static_cast<T*>(a.x);
+  T* qkv = static_cast<T*>(a.qkv);
+  T* attn = static_cast<T*>(a.attn);
+  const T* cos = static_cast<const T*>(a.cos);
+  const T* sin = static_cast<const T*>(a.sin);
+  const T* q_scale = static_cast<const T*>(a.q_scale);
+  // h: normed input; y: a sublayer's output; gu: gate|up; lo: LoRA's rank-wide middle
+  std::vector<T> h(rows * H), y(rows * H), gu(rows * 2 * I), act(rows * I), lo(rows * (a.lora_rank > 0 ? a.lora_rank : 1));
+  for (int64_t l = 0; l < a.num_layers; ++l) {
+    const DecoderLayerPtrs& w = a.layers[l];
+    rms_norm(x, static_cast<const T*>(w.norm1), rows, H, a.eps, h.data());
+    linear(h.data(), rows, H, static_cast<const T*>(w.qkv), width, qkv);
+    rotary(qkv, rows, Hq, Hkv, D, cos, sin, q_scale);
+
+    AttnArgs aa = at;
+    aa.q = qkv; aa.k = qkv + qd; aa.v = qkv + qd + Hkv * D;
+    aa.q_sb = aa.k_sb = aa.v_sb = at.Tq * width;
+    aa.q_st = aa.k_st = aa.v_st = width;
+    aa.q_sh = aa.k_sh = aa.v_sh = D;
+    aa.out = attn;
+    aa.o_sb = at.Tq * qd; aa.o_st = qd; aa.o_sh = D;
+    aa.k_cache = at.k_cache + l * a.layer_bytes;
+    aa.v_cache = at.v_cache + l * a.layer_bytes;
+    const int code = CpuImpl::attention(aa, dtype, nullptr);
+    if (code != kOk) return code;
+
+    linear(attn, rows, qd, static_cast<const T*>(w.o), H, y.data());
+    if (w.lora_a != nullptr) {
+      if (a.lora_rank <= 0 || w.lora_b == nullptr) return kBadArgument;
+      linear(attn, rows, qd, static_cast<const T*>(w.lora_a), a.lora_rank, lo.data());
+      linear(lo.data(), rows, a.lora_rank, static_cast<const T*>(w.lora_b), H, h.data());
+      const T scale = (T)a.lora_scale;
+      for (int64_t i = 0; i < rows * H; ++i) y[i] = y[i] + h[i] * scale;
+    }
+    for (int64_t i = 0; i < rows * H; ++i) x[i] = x[i] + y[i];
+
+    rms_norm(x, static_cast<const T*>(w.norm2), rows, H, a.eps, h.data());
+    linear(h.data(), rows, H, static_cast<const T*>(w.gate_up), 2 * I, gu.data());
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t i = 0; i < I; ++i) {
+        const T g = gu[r * 2 * I + i];
+        act[r * I + i] = (g / ((T)1 + std::exp(-g))) * gu[r * 2 * I + I + i];
+      }
+    linear(act.data(), rows, I, static_cast<const T*>(w.down), H, y.data());
+    for (int64_t i = 0; i < rows * H; ++i) x[i] = x[i] + y[i];
+  }
+  return kOk;
+}
+
+}  // namespace
+
+int decoder_layers_cpu(const DecoderArgs& a, int dtype) {
+  const AttnArgs& at = a.attn_args;
+  if (a.num_layers < 0 || a.H <= 0 || a.I <= 0 || at.D % 2 != 0 || at.Hkv <= 0 || at.Hq % at.Hkv != 0)
+    return kBadArgument;
+  if (at.B * at.Tq == 0) return kOk;
+  if (dtype == kF32) return decoder_layers<float>(a, dtype);
+  if (dtype == kF64) return decoder_layers<double>(a, dtype);
+  return kBadDtype;
+}
+
+}  // namespace td

@@ -1,0 +1,74 @@
+"""decoder_layers_ of the "cpp" backend (csrc/cpu/decoder_cpu.cpp): the whole layer stack
+in one call. CPU only; the attention inside is the C++ attention's tiling, so its
+head_dim and GQA rules apply."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from tridiff import _ext
+from tridiff.native.attention import ATTN_BLOCK_M
+from tridiff.native.base import NativeBase, ptr
+
+DECODER_DTYPES = (torch.float32, torch.float64)
+
+
+class DecoderOps(NativeBase):
+    def supports_decoder_layers_(self, x, weights, k_cache, v_cache, cache_lens, modes, mode_args, q_lens,
+                                 block_table, cos, sin, q_scale, eps, lora_scale, softmax_scale, write_kv):
+        if self.device_type != "cpu":
+            return "decoder_layers_ is a CPU kernel here (csrc/cpu/decoder_cpu.cpp)"
+        reason = self.device_reason(x, k_cache, v_cache, cache_lens, modes, mode_args, q_lens, block_table, cos,
+                                    sin, q_scale)   # the weights are on x's device (ops.DecoderWeights)
+        if reason:
+            return reason
+        if x.dtype not in DECODER_DTYPES:
+            return f"the C++ decoder layers take float32/float64, got {x.dtype}"
+        Hkv, D = k_cache.shape[-2:]
+        if D % 16 != 0 or not 16 <= D <= 256:
+            return f"head_dim {D} is not supported by the C++ attention (a multiple of 16 in [16, 256])"
+        if weights and weights[2].shape[1] // D // Hkv > ATTN_BLOCK_M:
+            return f"GQA group Hq/Hkv exceeds the {ATTN_BLOCK_M} rows of an attention tile"
+        for name, t in (("x", x), ("cos", cos), ("sin", sin), ("q_scale", q_scale)):
+            if not t.is_contiguous():
+                return f"{name} must be contiguous"
+        if not getattr(weights, "contiguous", False):   # ops.DecoderWeights knows; a plain list is scanned
+            bad = [i for i, w in enumerate(weights) if w is not None and not w.is_contiguous()]
+            if bad:
+                return f"weights[{bad[0]}] must be contiguous"
+        return self.slab_reason("k_cache", k_cache) or self.cache_pair_reason(k_cache, v_cache)
+
+    def decoder_layers_(self, x, weights, k_cache, v_cache, cache_lens, modes, mode_args, q_lens, block_table,
+                        cos, sin, q_scale, eps, lora_scale, softmax_scale, write_kv):
+        L = k_cache.shape[0]
+        B, T, H = x.shape
+        if L == 0 or x.numel() == 0:
+            return
+        Hkv, D = k_cache.shape[-2:]
+        Hq = weights[2].shape[1] // D
+        I = weights[4].shape[0] // 2
+        rank = weights[6].shape[0] if weights[6] is not None else 0
+        lib = self.lib()
+        qkv = torch.empty((B * T, (Hq + 2 * Hkv) * D), dtype=x.dtype)
+        attn = torch.empty((B * T, Hq * D), dtype=x.dtype)
+        cache_lens, mode_args, q_lens = (t.to(torch.int32).contiguous() for t in (cache_lens, mode_args, q_lens))
+        modes = modes.to(torch.int8).contiguous()
+        if block_table is not None:
+            block_table = block_table.to(torch.int32).contiguous()
+        bt, outer, token, tokens, max_pages = self.layout(k_cache[0], block_table)
+        capacity = max_pages * tokens if block_table is not None else k_cache.shape[2]
+        block_q = ATTN_BLOCK_M // (Hq // Hkv)
+        num_splits = lib.attention_num_splits(-(-T // block_q) * B * Hkv, capacity, torch.get_num_threads())
+        ws_o = ws_lse = None
+        if num_splits > 1:
+            acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+            ws_o = torch.empty((num_splits, B * T * Hq, D), dtype=acc)
+            ws_lse = torch.empty((num_splits, B * T * Hq), dtype=acc)
+        lib.decoder_layers(_ext.dtype_code(x.dtype), x.data_ptr(), qkv.data_ptr(), attn.data_ptr(), cos.data_ptr(),
+                           sin.data_ptr(), q_scale.data_ptr(), [ptr(w) for w in weights], H, I, rank, float(eps),
+                           float(lora_scale), k_cache.data_ptr(), v_cache.data_ptr(),
+                           k_cache.stride(0) * k_cache.element_size(), cache_lens.data_ptr(), modes.data_ptr(),
+                           mode_args.data_ptr(), q_lens.data_ptr(), bt, outer, token, tokens, max_pages, B, T, Hq,
+                           Hkv, D, float(softmax_scale) * math.log2(math.e), bool(write_kv), int(num_splits),
+                           ptr(ws_o), ptr(ws_lse))

@@ -1,0 +1,36 @@
+"""Reference of decoder_layers_: a stack of decoder layers over the KV cache, in plain
+PyTorch (the per-layer math of tridiff.layers, docs/spec.md section 1, with the reference
+attention). Layouts are tridiff.ops.decoder's."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from tridiff.layer_math import rms_norm, rotate
+from tridiff.reference.attention import attention
+
+WEIGHTS_PER_LAYER = 8   # norm1, qkv, o, norm2, gate_up, down, lora_a, lora_b
+
+
+def decoder_layers_(x, weights, k_cache, v_cache, cache_lens, modes, mode_args, q_lens, block_table,
+                    cos, sin, q_scale, eps, lora_scale, softmax_scale, write_kv):
+    """x [B, T, H] <- the stack's output, in place; returns None. k/v_cache hold every
+    layer: [layers, B, Tmax, Hkv, D] or paged [layers, num_pages, page, Hkv, D]."""
+    B, T, _ = x.shape
+    Hkv, D = k_cache.shape[-2:]
+    cos, sin = cos[:, :, None, :], sin[:, :, None, :]
+    scale = q_scale[:, :, None, None]
+    for i in range(len(weights) // WEIGHTS_PER_LAYER):
+        norm1, w_qkv, w_o, norm2, w_gate_up, w_down, lora_a, lora_b = \
+            weights[i * WEIGHTS_PER_LAYER:(i + 1) * WEIGHTS_PER_LAYER]
+        Hq = w_o.shape[1] // D
+        qk, v = F.linear(rms_norm(x, norm1, eps), w_qkv).view(B, T, Hq + 2 * Hkv, D).split((Hq + Hkv, Hkv), dim=2)
+        q, k = rotate(qk, cos, sin).split((Hq, Hkv), dim=2)
+        o = attention(q * scale, k, v, k_cache[i], v_cache[i], cache_lens, modes, mode_args, q_lens,
+                      block_table, softmax_scale, write_kv).reshape(B, T, Hq * D)
+        out = F.linear(o, w_o)
+        if lora_a is not None:
+            out = out + F.linear(F.linear(o, lora_a), lora_b) * lora_scale
+        x.copy_(x + out)
+        gate, up = F.linear(rms_norm(x, norm2, eps), w_gate_up).chunk(2, dim=-1)
+        x.copy_(x + F.linear(F.silu(gate) * up, w_down))
