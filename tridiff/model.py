@@ -13,7 +13,8 @@ Per layer (tridiff.layers): q/k/v is one GEMM and gate/up is one GEMM (Model.fus
 projections of up to BMM_ROWS tokens take the formulation measured fastest on the
 machine for their weight shape (tridiff.projection); attention is checked and its backend resolved once per
 forward (ops attention_plan), not once per layer; rotary and the llama-4 query scale
-come from per-position tables.
+come from per-position tables. On CPU a forward of few token rows runs the whole layer
+stack as one ops.decoder_layers_ call instead (tridiff.layer_stack says when).
 
 Parameter names equal the checkpoint names (encoder.layers.{i}.self_attn.q_proj.weight,
 ..., diffusion_head.weight), so model.state_dict() is a checkpoint; q/k/v_proj and
@@ -29,10 +30,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from tridiff import _checks as chk
+from tridiff import layer_stack, ops
 from tridiff import checkpoint as ckpt
 from tridiff.cache import KVCache, PagedKVCache
 from tridiff.config import ModelConfig
-from tridiff.layers import Encoder, ForwardContext, LoraLayer, Weight, rms_norm, rotary_tables
+from tridiff.layer_math import rms_norm, rotary_tables
+from tridiff.layers import Encoder, ForwardContext, LoraLayer, Weight
 from tridiff.modes import Mode
 from tridiff.projection import linear
 from tridiff.rotary import cos_sin, llama4_query_scale, math_dtype, yarn_inv_freq
@@ -65,6 +68,7 @@ class Model(nn.Module):
             self._add_adapter(config.lora.rank)
         self._inv_freq = None  # rotary inverse frequencies, see inv_freq
         self._tables = None     # per-position rotary / query-scale tables, see _position_tables
+        self._checked_stacks = {}   # use_lora -> (weight storage key, ops.DecoderWeights), see _stack_weights
 
     # ---- construction ---------------------------------------------------------------------
 
@@ -208,14 +212,58 @@ class Model(nn.Module):
                              eps=c.rms_norm_eps, lora_scale=c.lora.scale if use_lora else 0.0, cache=cache,
                              modes=modes, mode_args=mode_args, q_lens=q_lens, write_kv=write, backend=backend)
         x = F.embedding(tokens, self.encoder.embed_tokens.weight)
-        for i, layer in enumerate(self.encoder.layers):
-            x = layer.forward(x, ctx, self.linear_spec_lora[i] if use_lora else None)
+        stack = self._layer_stack(x, ctx, use_lora, backend)
+        if stack is not None:
+            x = stack()
+        else:
+            for i, layer in enumerate(self.encoder.layers):
+                x = layer.forward(x, ctx, self.linear_spec_lora[i] if use_lora else None)
         x = rms_norm(x, self.encoder.norm.weight, c.rms_norm_eps)
         logits = linear(x, self.diffusion_head.weight)
 
         if kv == "commit":
             cache.commit_(q_lens if q_lens is not None else T, backend=backend)
         return logits.to(torch.float64 if self.dtype == torch.float64 else torch.float32)
+
+    def _layer_stack(self, x, ctx: ForwardContext, use_lora: bool, backend: str):
+        """The whole layer stack as one checked ops.decoder_layers_ call (its plan), or None
+        for the op-by-op layers. One call pays off where the forward is bound by per-op
+        host cost: CPU forwards of few token rows (tridiff.layer_stack says how many).
+        Only a compiled kernel is worth it: where only the reference would serve, the
+        op-by-op layers (with their own per-op backends) run instead."""
+        c = self.config
+        rows = x.shape[0] * x.shape[1]
+        layer_weights = c.hidden_size * (2 * c.q_size + 2 * c.kv_size + 3 * c.intermediate_size)
+        if backend not in ("auto", "cpp") or not layer_stack.wanted(x.device, x.dtype, rows, layer_weights):
+            return None
+        cache = ctx.cache
+        plan = ops.decoder_plan(x, self._stack_weights(use_lora), cache.k, cache.v, cache.lens, ctx.modes,
+                                cos=ctx.cos[:, :, 0], sin=ctx.sin[:, :, 0], q_scale=ctx.q_scale[:, :, 0, 0],
+                                eps=ctx.eps, mode_args=ctx.mode_args, q_lens=ctx.q_lens,
+                                block_table=cache.block_table, lora_scale=ctx.lora_scale, write_kv=ctx.write_kv,
+                                backend=backend)
+        return plan if plan.backend != "torch" else None
+
+    def _stack_weights(self, use_lora: bool) -> "ops.DecoderWeights":
+        """The layers' weights in ops.decoder_layers_ order, as a DecoderWeights (checked once).
+        Kept per use_lora and rebuilt when any parameter's storage or shape changed, so a
+        forward reads the parameters' addresses, not the modules."""
+        params = [p for layer in self.encoder.layers for p in layer.stack_params()]
+        if use_lora:
+            params += [p for lora in self.linear_spec_lora for p in (lora.lora_A.weight, lora.lora_B.weight)]
+        key = [(p.data_ptr(), p.shape) for p in params]
+        hit = self._checked_stacks.get(use_lora)
+        if hit is None or hit[0] != key:
+            weights = []
+            for i, layer in enumerate(self.encoder.layers):
+                attn, mlp = layer.self_attn, layer.mlp
+                lora = self.linear_spec_lora[i] if use_lora else None
+                weights += [layer.input_layernorm.weight, attn.fused_weight(), attn.o_proj.weight,
+                            layer.post_attention_layernorm.weight, mlp.fused_weight(), mlp.down_proj.weight,
+                            lora.lora_A.weight if lora is not None else None,
+                            lora.lora_B.weight if lora is not None else None]
+            hit = self._checked_stacks[use_lora] = (key, ops.DecoderWeights(weights))
+        return hit[1]
 
     def _check_inputs(self, tokens, cache, kv: str):
         """Argument checks of forward, before anything is written. Returns (B, T)."""
@@ -232,7 +280,11 @@ class Model(nn.Module):
         if kv not in KV_MODES:
             chk.fail("kv", "one of 'none', 'write', 'commit'", repr(kv))
         if chk.values_checkable(tokens) and T and B:
-            lo, hi = int(tokens.min()), int(tokens.max())
+            if tokens.numel() <= 4096:   # a few ids: one host copy, Python min/max (two reductions cost more)
+                ids = tokens.reshape(-1).tolist()
+                lo, hi = min(ids), max(ids)
+            else:
+                lo, hi = (int(v) for v in torch.aminmax(tokens))
             if lo < 0 or hi >= c.vocab_size:
                 chk.fail("tokens", f"ids in [0, vocab_size={c.vocab_size})", f"an id {lo if lo < 0 else hi}")
         return B, T
