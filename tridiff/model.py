@@ -214,11 +214,11 @@ class Model(nn.Module):
         x = F.embedding(tokens, self.encoder.embed_tokens.weight)
         stack = self._layer_stack(x, ctx, use_lora, backend)
         if stack is not None:
-            x = stack()
+            x = stack()   # the final norm included
         else:
             for i, layer in enumerate(self.encoder.layers):
                 x = layer.forward(x, ctx, self.linear_spec_lora[i] if use_lora else None)
-        x = rms_norm(x, self.encoder.norm.weight, c.rms_norm_eps)
+            x = rms_norm(x, self.encoder.norm.weight, c.rms_norm_eps)
         logits = linear(x, self.diffusion_head.weight)
 
         if kv == "commit":
@@ -226,7 +226,7 @@ class Model(nn.Module):
         return logits.to(torch.float64 if self.dtype == torch.float64 else torch.float32)
 
     def _layer_stack(self, x, ctx: ForwardContext, use_lora: bool, backend: str):
-        """The whole layer stack as one checked ops.decoder_layers_ call (its plan), or None
+        """The whole layer stack and the final norm as one checked ops.decoder_layers_ call (its plan), or None
         for the op-by-op layers. One call pays off where the forward is bound by per-op
         host cost: CPU forwards of few token rows (tridiff.layer_stack says how many).
         Only a compiled kernel is worth it: where only the reference would serve, the
@@ -241,7 +241,7 @@ class Model(nn.Module):
                                 cos=ctx.cos[:, :, 0], sin=ctx.sin[:, :, 0], q_scale=ctx.q_scale[:, :, 0, 0],
                                 eps=ctx.eps, mode_args=ctx.mode_args, q_lens=ctx.q_lens,
                                 block_table=cache.block_table, lora_scale=ctx.lora_scale, write_kv=ctx.write_kv,
-                                backend=backend)
+                                final_norm=self.encoder.norm.weight, backend=backend)
         return plan if plan.backend != "torch" else None
 
     def _stack_weights(self, use_lora: bool) -> "ops.DecoderWeights":

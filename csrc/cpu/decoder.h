@@ -2,7 +2,7 @@
 // the fused q/k/v GEMM, rotary and the llama-4 query scale, attention over the KV cache
 // (the csrc/attention tiling, CpuImpl::attention, every mode and cache layout), o_proj
 // with the optional LoRA delta, the residual, RMS norm, the fused gate/up GEMM, SiLU
-// gating, down_proj and the residual. The per-op host cost of the same forward written
+// gating, down_proj and the residual; then optionally the final RMS norm. The per-op host cost of the same forward written
 // op by op (tridiff.layers) is most of a decoding step at small model sizes on CPU.
 // Reference: tridiff/reference/decoder.py. No torch header.
 #pragma once
@@ -31,6 +31,7 @@ struct DecoderArgs {
   const void* cos;      // [rows, D] rotary cos
   const void* sin;      // [rows, D] rotary sin, first half negated (rotate_half's sign)
   const void* q_scale;  // [rows] llama-4 query scale
+  const void* final_norm;  // [H] or nullptr: x <- rms_norm(x, final_norm) after the last layer
   const DecoderLayerPtrs* layers;
   int64_t num_layers, H, I, lora_rank;
   double eps, lora_scale;

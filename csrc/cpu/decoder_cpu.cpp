@@ -148,6 +148,10 @@ int decoder_layers(const DecoderArgs& a, int dtype) {
     linear(act.data(), rows, I, static_cast<const T*>(w.down), H, y.data());
     for (int64_t i = 0; i < rows * H; ++i) x[i] = x[i] + y[i];
   }
+  if (a.final_norm != nullptr) {
+    rms_norm(x, static_cast<const T*>(a.final_norm), rows, H, a.eps, h.data());
+    std::memcpy(x, h.data(), (size_t)(rows * H) * sizeof(T));
+  }
   return kOk;
 }
 

@@ -18,7 +18,8 @@ void bind_decoder(py::module_& m) {
                              int64_t layer_bytes, uintptr_t cache_lens, uintptr_t modes, uintptr_t mode_args,
                              uintptr_t q_lens, uintptr_t block_table, int64_t outer, int64_t token, int64_t tokens,
                              int64_t max_pages, int64_t B, int64_t Tq, int64_t Hq, int64_t Hkv, int64_t D,
-                             double scale_log2, bool write_kv, int num_splits, uintptr_t ws_o, uintptr_t ws_lse) {
+                             double scale_log2, bool write_kv, int num_splits, uintptr_t ws_o, uintptr_t ws_lse,
+                             uintptr_t final_norm) {
     if (weights.size() % 8 != 0) throw std::invalid_argument("decoder_layers: weights needs 8 pointers per layer");
     std::vector<DecoderLayerPtrs> layers(weights.size() / 8);
     for (size_t l = 0; l < layers.size(); ++l) {
@@ -29,6 +30,7 @@ void bind_decoder(py::module_& m) {
     DecoderArgs a;
     a.x = ptr<void>(x); a.qkv = ptr<void>(qkv); a.attn = ptr<void>(attn);
     a.cos = ptr<const void>(cos); a.sin = ptr<const void>(sin); a.q_scale = ptr<const void>(q_scale);
+    a.final_norm = ptr<const void>(final_norm);
     a.layers = layers.data(); a.num_layers = (int64_t)layers.size();
     a.H = H; a.I = I; a.lora_rank = lora_rank; a.eps = eps; a.lora_scale = lora_scale;
     a.layer_bytes = layer_bytes;

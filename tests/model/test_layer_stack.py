@@ -90,9 +90,11 @@ def test_generate_tokens_equal_with_and_without_stack(monkeypatch, stack_calls, 
 def test_auto_rule_and_env(monkeypatch):
     cpu, f32 = torch.device("cpu"), torch.float32
     monkeypatch.delenv(layer_stack.ENV, raising=False)
-    limit = layer_stack.MAX_ROW_WEIGHTS
+    limit, most = layer_stack.MAX_ROW_WEIGHTS, layer_stack.MAX_ROWS
     assert layer_stack.wanted(cpu, f32, 1, limit)
-    assert not layer_stack.wanted(cpu, f32, 2, limit)
+    assert not layer_stack.wanted(cpu, f32, 2, limit), "rows x weights per layer over the limit"
+    assert layer_stack.wanted(cpu, f32, most, limit // most)
+    assert not layer_stack.wanted(cpu, f32, most + 1, 1), "more rows than MAX_ROWS"
     assert not layer_stack.wanted(cpu, torch.bfloat16, 1, 10), "the C++ stack takes fp32/fp64 only"
     assert not layer_stack.wanted(torch.device("cuda"), f32, 1, 10)
     monkeypatch.setenv(layer_stack.ENV, "1")

@@ -52,6 +52,7 @@ def make_case(B=2, T=3, H=72, Hq=4, Hkv=2, D=32, I=40, L=2, Tmax=48, rank=0, len
                 cos=torch.rand(B, T, D, generator=g, dtype=torch.float64).to(DEVICE) * 2 - 1,
                 sin=torch.rand(B, T, D, generator=g, dtype=torch.float64).to(DEVICE) * 2 - 1,
                 q_scale=1 + 0.2 * torch.rand(B, T, generator=g, dtype=torch.float64).to(DEVICE),
+                final_norm=1 + 0.1 * torch.randn(H, generator=g, dtype=torch.float64).to(DEVICE),
                 lens=torch.tensor(lens, dtype=torch.int32, device=DEVICE), table=None)
     if page is not None:
         case["k"], case["table"] = paged_view(case["k"], page, torch.Generator().manual_seed(seed + 2))
@@ -61,25 +62,27 @@ def make_case(B=2, T=3, H=72, Hq=4, Hkv=2, D=32, I=40, L=2, Tmax=48, rank=0, len
 
 def cast(case, dtype):
     out = dict(case)
-    for name in ("x", "k", "v", "cos", "sin", "q_scale"):
+    for name in ("x", "k", "v", "cos", "sin", "q_scale", "final_norm"):
         out[name] = case[name].to(dtype).clone()
     out["weights"] = [w.to(dtype) if w is not None else None for w in case["weights"]]
     return out
 
 
-def run(case, backend, modes=Mode.CAUSAL, mode_args=None, q_lens=None, write_kv=True, lora_scale=0.5):
+def run(case, backend, modes=Mode.CAUSAL, mode_args=None, q_lens=None, write_kv=True, lora_scale=0.5,
+        final_norm=False):
     ops.decoder_layers_(case["x"], case["weights"], case["k"], case["v"], case["lens"], modes, cos=case["cos"],
                         sin=case["sin"], q_scale=case["q_scale"], eps=1e-5, mode_args=mode_args, q_lens=q_lens,
-                        block_table=case["table"], lora_scale=lora_scale, write_kv=write_kv, backend=backend)
+                        block_table=case["table"], lora_scale=lora_scale, write_kv=write_kv,
+                        final_norm=case["final_norm"] if final_norm else None, backend=backend)
     return case["x"], case["k"], case["v"]
 
 
-def args_of(case, modes=Mode.CAUSAL, mode_args=None, q_lens=None, write_kv=True):
+def args_of(case, modes=Mode.CAUSAL, mode_args=None, q_lens=None, write_kv=True, final_norm=False):
     """The normalised positional arguments (for require_backend's supports_ check)."""
     from tridiff.ops.decoder import normalize_decoder_args
     return normalize_decoder_args(case["x"], case["weights"], case["k"], case["v"], case["lens"], modes,
                                   mode_args, q_lens, case["table"], case["cos"], case["sin"], case["q_scale"],
-                                  1e-5, 0.5, None, write_kv)
+                                  1e-5, 0.5, None, write_kv, case["final_norm"] if final_norm else None)
 
 
 def check_against_reference(backend, case, dtype, **kw):
@@ -121,6 +124,7 @@ def test_causal_matches_reference(backend, dtype, T, rank):
     pytest.param(dict(modes=Mode.ANCHORED_QUADRATIC, mode_args=0b1), id="anchored-L3-k1"),
     pytest.param(dict(q_lens=torch.tensor([6, 2], dtype=torch.int32, device=DEVICE)), id="ragged-q-lens"),
     pytest.param(dict(write_kv=False), id="no-write"),
+    pytest.param(dict(final_norm=True), id="final-norm"),
 ])
 def test_modes_match_reference(backend, case):
     check_against_reference(backend, make_case(T=6), torch.float32, **case)
@@ -174,6 +178,21 @@ def test_zero_layers_leave_x_unchanged(backend):
     assert torch.equal(case["x"], x0)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("L", [0, 2])
+def test_final_norm_is_applied_after_the_last_layer(backend, L):
+    """With final_norm, x leaves as rms_norm(stack output) (the reference's own layers
+    without it, then the norm: checks the norm is the last step and happens once)."""
+    from tridiff.layer_math import rms_norm
+    case = cast(make_case(L=L), torch.float64)
+    require_backend(backend, "decoder_layers_", args_of(case, final_norm=True))
+    plain = cast(case, torch.float64)
+    run(plain, "torch")
+    want = rms_norm(plain["x"], case["final_norm"], 1e-5)
+    got = run(case, backend, final_norm=True)[0]
+    assert torch.allclose(got, want, rtol=0, atol=1e-12)
+
+
 # ---- bad input ------------------------------------------------------------------------
 
 def _bad(name):
@@ -195,6 +214,8 @@ def _bad(name):
         case["q_scale"] = case["q_scale"][:, :1]
     elif name == "v_cache":
         case["v"] = case["v"][:1]
+    elif name == "final_norm":
+        case["final_norm"] = case["final_norm"][:-1]
     elif name == "cache_lens":
         case["lens"] = torch.tensor([5, 46], dtype=torch.int32, device=DEVICE)   # 46 + 3 > 48
     return case
@@ -202,7 +223,7 @@ def _bad(name):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("what", ["weights-count", "weights-shape", "weights-lora-half", "weights-dtype", "x", "cos",
-                                  "q_scale", "v_cache", "cache_lens"])
+                                  "q_scale", "v_cache", "cache_lens", "final_norm"])
 def test_bad_input_names_argument_and_writes_nothing(backend, what):
     case = _bad(what)
     arg = what.split("-")[0]
@@ -211,7 +232,7 @@ def test_bad_input_names_argument_and_writes_nothing(backend, what):
         with pytest.raises(TridiffInputError, match=r"^weights(\[\d+\] \([a-zA-Z_/]+ of layer \d+\))?: expected"):
             run(case, backend)
     else:
-        assert_names_argument(arg, lambda: run(case, backend))
+        assert_names_argument(arg, lambda: run(case, backend, final_norm=arg == "final_norm"))
     for t, b in zip((case["x"], case["k"], case["v"]), before):
         assert torch.equal(t, b)
 

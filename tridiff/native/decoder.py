@@ -8,6 +8,7 @@ import math
 import torch
 
 from tridiff import _ext
+from tridiff.layer_math import rms_norm
 from tridiff.native.attention import ATTN_BLOCK_M
 from tridiff.native.base import NativeBase, ptr
 
@@ -16,11 +17,12 @@ DECODER_DTYPES = (torch.float32, torch.float64)
 
 class DecoderOps(NativeBase):
     def supports_decoder_layers_(self, x, weights, k_cache, v_cache, cache_lens, modes, mode_args, q_lens,
-                                 block_table, cos, sin, q_scale, eps, lora_scale, softmax_scale, write_kv):
+                                 block_table, cos, sin, q_scale, eps, lora_scale, softmax_scale, write_kv,
+                                 final_norm):
         if self.device_type != "cpu":
             return "decoder_layers_ is a CPU kernel here (csrc/cpu/decoder_cpu.cpp)"
         reason = self.device_reason(x, k_cache, v_cache, cache_lens, modes, mode_args, q_lens, block_table, cos,
-                                    sin, q_scale)   # the weights are on x's device (ops.DecoderWeights)
+                                    sin, q_scale, final_norm)   # the weights are on x's device (ops.DecoderWeights)
         if reason:
             return reason
         if x.dtype not in DECODER_DTYPES:
@@ -30,8 +32,8 @@ class DecoderOps(NativeBase):
             return f"head_dim {D} is not supported by the C++ attention (a multiple of 16 in [16, 256])"
         if weights and weights[2].shape[1] // D // Hkv > ATTN_BLOCK_M:
             return f"GQA group Hq/Hkv exceeds the {ATTN_BLOCK_M} rows of an attention tile"
-        for name, t in (("x", x), ("cos", cos), ("sin", sin), ("q_scale", q_scale)):
-            if not t.is_contiguous():
+        for name, t in (("x", x), ("cos", cos), ("sin", sin), ("q_scale", q_scale), ("final_norm", final_norm)):
+            if t is not None and not t.is_contiguous():
                 return f"{name} must be contiguous"
         if not getattr(weights, "contiguous", False):   # ops.DecoderWeights knows; a plain list is scanned
             bad = [i for i, w in enumerate(weights) if w is not None and not w.is_contiguous()]
@@ -40,10 +42,14 @@ class DecoderOps(NativeBase):
         return self.slab_reason("k_cache", k_cache) or self.cache_pair_reason(k_cache, v_cache)
 
     def decoder_layers_(self, x, weights, k_cache, v_cache, cache_lens, modes, mode_args, q_lens, block_table,
-                        cos, sin, q_scale, eps, lora_scale, softmax_scale, write_kv):
+                        cos, sin, q_scale, eps, lora_scale, softmax_scale, write_kv, final_norm):
         L = k_cache.shape[0]
         B, T, H = x.shape
-        if L == 0 or x.numel() == 0:
+        if x.numel() == 0:
+            return
+        if L == 0:   # no layer: the final norm alone, as the reference does it
+            if final_norm is not None:
+                x.copy_(rms_norm(x, final_norm, eps))
             return
         Hkv, D = k_cache.shape[-2:]
         Hq = weights[2].shape[1] // D
@@ -71,4 +77,4 @@ class DecoderOps(NativeBase):
                            k_cache.stride(0) * k_cache.element_size(), cache_lens.data_ptr(), modes.data_ptr(),
                            mode_args.data_ptr(), q_lens.data_ptr(), bt, outer, token, tokens, max_pages, B, T, Hq,
                            Hkv, D, float(softmax_scale) * math.log2(math.e), bool(write_kv), int(num_splits),
-                           ptr(ws_o), ptr(ws_lse))
+                           ptr(ws_o), ptr(ws_lse), ptr(final_norm))

@@ -2,7 +2,7 @@
 
     decoder_layers_(x, weights, k_cache, v_cache, cache_lens, modes, *, cos, sin, q_scale,
                     eps, mode_args=None, q_lens=None, block_table=None, lora_scale=0.0,
-                    softmax_scale=None, write_kv=False, backend="auto")       -> x
+                    softmax_scale=None, write_kv=False, final_norm=None, backend="auto")  -> x
     plan = decoder_plan(<the same arguments>); plan.backend; plan()          -> x
 
 Per layer (docs/spec.md section 1; tridiff.layers is the same math op by op):
@@ -22,6 +22,8 @@ Layouts (B rows, T new tokens, H hidden, L layers, GQA heads Hq/Hkv of size D):
   q_scale       [B, T]             llama-4 query scale per token
   cache_lens, modes, mode_args, q_lens, block_table, softmax_scale, write_kv: as
   tridiff.ops.attention, for every layer (layer i reads and writes k/v_cache[i]).
+  final_norm    [H] or None        RMS-norm weight applied to x after the last layer (the
+                                   model's final norm: x then leaves normed, not residual)
 Everything is checked before anything is written; x, k_cache and v_cache are mutated.
 """
 from __future__ import annotations
@@ -45,15 +47,15 @@ def _decoder_op(x: torch.Tensor, weights: list[Optional[torch.Tensor]], k_cache:
                 v_cache: torch.Tensor, cache_lens: torch.Tensor, modes: torch.Tensor, mode_args: torch.Tensor,
                 q_lens: torch.Tensor, block_table: Optional[torch.Tensor], cos: torch.Tensor, sin: torch.Tensor,
                 q_scale: torch.Tensor, eps: float, lora_scale: float, softmax_scale: float, write_kv: bool,
-                backend: str) -> None:
+                final_norm: Optional[torch.Tensor], backend: str) -> None:
     _dispatch.implementation("decoder_layers_", backend)(
         x, weights, k_cache, v_cache, cache_lens, modes, mode_args, q_lens, block_table, cos, sin, q_scale,
-        eps, lora_scale, softmax_scale, write_kv)
+        eps, lora_scale, softmax_scale, write_kv, final_norm)
 
 
 @_decoder_op.register_fake
 def _decoder_fake(x, weights, k_cache, v_cache, cache_lens, modes, mode_args, q_lens, block_table, cos, sin,
-                  q_scale, eps, lora_scale, softmax_scale, write_kv, backend):
+                  q_scale, eps, lora_scale, softmax_scale, write_kv, final_norm, backend):
     return None
 
 
@@ -123,7 +125,8 @@ class DecoderWeights(tuple):
 
 
 def normalize_decoder_args(x, weights, k_cache, v_cache, cache_lens, modes, mode_args, q_lens, block_table,
-                           cos, sin, q_scale, eps, lora_scale, softmax_scale, write_kv) -> tuple:
+                           cos, sin, q_scale, eps, lora_scale, softmax_scale, write_kv,
+                           final_norm=None) -> tuple:
     """Validate everything and return the positional tuple every backend takes."""
     chk.tensor("x", x, ndim=3, dtypes=chk.FLOAT_DTYPES)
     B, T, H = x.shape
@@ -136,6 +139,9 @@ def normalize_decoder_args(x, weights, k_cache, v_cache, cache_lens, modes, mode
     for name, t, shape in (("cos", cos, (B, T, D)), ("sin", sin, (B, T, D)), ("q_scale", q_scale, (B, T))):
         chk.tensor(name, t, ndim=len(shape), dtypes=(x.dtype,), device=x.device)
         chk.shape(name, t, shape)
+    if final_norm is not None:
+        chk.tensor("final_norm", final_norm, ndim=1, dtypes=(x.dtype,), device=x.device)
+        chk.shape("final_norm", final_norm, (H,))
     for name, value in (("eps", eps), ("lora_scale", lora_scale)):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             chk.fail(name, "a python float", repr(value))
@@ -150,7 +156,7 @@ def normalize_decoder_args(x, weights, k_cache, v_cache, cache_lens, modes, mode
         layer0_v, cache_lens, modes, mode_args, q_lens, block_table, softmax_scale, write_kv)
     cache_lens, modes, mode_args, q_lens, block_table, softmax_scale, write_kv = attn[5:]
     return (x, weights, k_cache, v_cache, cache_lens, modes, mode_args, q_lens, block_table, cos, sin,
-            q_scale, float(eps), float(lora_scale), softmax_scale, write_kv)
+            q_scale, float(eps), float(lora_scale), softmax_scale, write_kv, final_norm)
 
 
 class DecoderPlan:
@@ -171,19 +177,19 @@ class DecoderPlan:
 
 def decoder_plan(x, weights, k_cache, v_cache, cache_lens, modes, *, cos, sin, q_scale, eps, mode_args=None,
                  q_lens=None, block_table=None, lora_scale=0.0, softmax_scale=None, write_kv=False,
-                 backend="auto") -> DecoderPlan:
+                 final_norm=None, backend="auto") -> DecoderPlan:
     """Check the arguments of decoder_layers_ and resolve its backend, without running it
     (a caller can look at plan.backend first: tridiff.model runs its op-by-op layers
     instead when only the reference would serve)."""
     args = normalize_decoder_args(x, weights, k_cache, v_cache, cache_lens, modes, mode_args, q_lens, block_table,
-                                  cos, sin, q_scale, eps, lora_scale, softmax_scale, write_kv)
+                                  cos, sin, q_scale, eps, lora_scale, softmax_scale, write_kv, final_norm)
     return DecoderPlan(_dispatch.resolve("decoder_layers_", backend, x.device, args, {}), args)
 
 
 def decoder_layers_(x, weights, k_cache, v_cache, cache_lens, modes, *, cos, sin, q_scale, eps, mode_args=None,
                     q_lens=None, block_table=None, lora_scale=0.0, softmax_scale=None, write_kv=False,
-                    backend="auto") -> torch.Tensor:
+                    final_norm=None, backend="auto") -> torch.Tensor:
     return decoder_plan(x, weights, k_cache, v_cache, cache_lens, modes, cos=cos, sin=sin, q_scale=q_scale,
                         eps=eps, mode_args=mode_args, q_lens=q_lens, block_table=block_table,
                         lora_scale=lora_scale, softmax_scale=softmax_scale, write_kv=write_kv,
-                        backend=backend)()
+                        final_norm=final_norm, backend=backend)()

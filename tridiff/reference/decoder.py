@@ -13,9 +13,10 @@ WEIGHTS_PER_LAYER = 8   # norm1, qkv, o, norm2, gate_up, down, lora_a, lora_b
 
 
 def decoder_layers_(x, weights, k_cache, v_cache, cache_lens, modes, mode_args, q_lens, block_table,
-                    cos, sin, q_scale, eps, lora_scale, softmax_scale, write_kv):
-    """x [B, T, H] <- the stack's output, in place; returns None. k/v_cache hold every
-    layer: [layers, B, Tmax, Hkv, D] or paged [layers, num_pages, page, Hkv, D]."""
+                    cos, sin, q_scale, eps, lora_scale, softmax_scale, write_kv, final_norm):
+    """x [B, T, H] <- the stack's output (RMS-normed with final_norm when given), in
+    place; returns None. k/v_cache hold every layer: [layers, B, Tmax, Hkv, D] or paged
+    [layers, num_pages, page, Hkv, D]."""
     B, T, _ = x.shape
     Hkv, D = k_cache.shape[-2:]
     cos, sin = cos[:, :, None, :], sin[:, :, None, :]
@@ -34,3 +35,5 @@ def decoder_layers_(x, weights, k_cache, v_cache, cache_lens, modes, mode_args, 
         x.copy_(x + out)
         gate, up = F.linear(rms_norm(x, norm2, eps), w_gate_up).chunk(2, dim=-1)
         x.copy_(x + F.linear(F.silu(gate) * up, w_down))
+    if final_norm is not None:
+        x.copy_(rms_norm(x, final_norm, eps))
