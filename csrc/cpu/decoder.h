@@ -42,4 +42,8 @@ struct DecoderArgs {
 // kOk, kBadArgument (inconsistent sizes) or kBadDtype (fp32 and fp64 only).
 int decoder_layers_cpu(const DecoderArgs& a, int dtype);
 
+// Which build of the GEMM panels runs: "avx2+fma" or "baseline" (x86-64 without AVX2, other
+// CPUs, or TRIDIFF_CPU_GEMM=base).
+const char* decoder_gemm_build();
+
 }  // namespace td

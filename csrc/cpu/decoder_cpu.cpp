@@ -6,6 +6,7 @@
 #include "decoder.h"
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -17,7 +18,7 @@ namespace td {
 namespace {
 
 // The GEMM panels (decoder_gemm.inc) twice: for AVX2+FMA and for baseline x86-64; the
-// first is taken when the CPU has both (checked once, at load time).
+// first is taken when the CPU has both.
 namespace avx2 {
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #pragma GCC push_options
@@ -31,22 +32,33 @@ namespace base {
 #include "decoder_gemm.inc"
 }  // namespace base
 
+// Asked once, on first use (not at load: __builtin_cpu_init must have run first).
+// TRIDIFF_CPU_GEMM=base forces the baseline build (how its tests reach it on AVX2 CPUs).
+bool choose_avx2() {
 #ifdef TD_HAVE_AVX2_PANELS
-const bool kAvx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const char* forced = std::getenv("TRIDIFF_CPU_GEMM");
+  if (forced != nullptr && std::strcmp(forced, "base") == 0) return false;
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #else
-const bool kAvx2 = false;
+  return false;
 #endif
+}
+inline bool have_avx2() {
+  static const bool yes = choose_avx2();
+  return yes;
+}
 
 inline void run_panel(const float* in, int64_t rows, int64_t K, const float* W, int64_t n, float* out, int64_t ldo) {
 #ifdef TD_HAVE_AVX2_PANELS
-  if (kAvx2) return avx2::panel_f32(in, rows, K, W, n, out, ldo);
+  if (have_avx2()) return avx2::panel_f32(in, rows, K, W, n, out, ldo);
 #endif
   base::panel_f32(in, rows, K, W, n, out, ldo);
 }
 inline void run_panel(const double* in, int64_t rows, int64_t K, const double* W, int64_t n, double* out,
                       int64_t ldo) {
 #ifdef TD_HAVE_AVX2_PANELS
-  if (kAvx2) return avx2::panel_f64(in, rows, K, W, n, out, ldo);
+  if (have_avx2()) return avx2::panel_f64(in, rows, K, W, n, out, ldo);
 #endif
   base::panel_f64(in, rows, K, W, n, out, ldo);
 }
@@ -156,6 +168,8 @@ int decoder_layers(const DecoderArgs& a, int dtype) {
 }
 
 }  // namespace
+
+const char* decoder_gemm_build() { return have_avx2() ? "avx2+fma" : "baseline"; }
 
 int decoder_layers_cpu(const DecoderArgs& a, int dtype) {
   const AttnArgs& at = a.attn_args;

@@ -12,6 +12,7 @@ namespace td {
 // DecoderLayerPtrs order (0 for an absent LoRA); the attention arguments follow
 // bind.h's `attention` with q/k/v/out taken from the scratch buffers.
 void bind_decoder(py::module_& m) {
+  m.def("decoder_gemm_build", []() { return std::string(decoder_gemm_build()); });
   m.def("decoder_layers", [](int dtype, uintptr_t x, uintptr_t qkv, uintptr_t attn, uintptr_t cos, uintptr_t sin,
                              uintptr_t q_scale, const std::vector<uintptr_t>& weights, int64_t H, int64_t I,
                              int64_t lora_rank, double eps, double lora_scale, uintptr_t k_cache, uintptr_t v_cache,

@@ -262,3 +262,36 @@ def test_opcheck_decoder_layers(backend):
     require_backend(backend, "decoder_layers_", args)
     args = (args[0], list(args[1])) + tuple(args[2:])
     torch.library.opcheck(torch.ops.tridiff.decoder_layers_.default, args + (backend,))
+
+
+def test_baseline_gemm_build_matches_reference():
+    """The GEMM panels' baseline build (CPUs without AVX2+FMA) is forced with
+    TRIDIFF_CPU_GEMM=base in a fresh process (the choice is made once per process)."""
+    import os
+    import subprocess
+    import sys
+    from tridiff import _dispatch
+    reason = _dispatch.backend_unavailable("cpp")
+    if reason:
+        pytest.skip(reason)
+    env = dict(os.environ, TRIDIFF_CPU_GEMM="base")
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+                          "-k", "cpp and (test_causal_matches_reference or test_modes_match_reference or "
+                                "test_shapes_match_reference) or test_reports_gemm_build"],
+                         env=env, capture_output=True, text=True, timeout=600,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert " passed" in out.stdout and "failed" not in out.stdout
+
+
+def test_reports_gemm_build():
+    from tridiff import _dispatch, _ext
+    reason = _dispatch.backend_unavailable("cpp")
+    if reason:
+        pytest.skip(reason)
+    import os
+    want = "baseline" if os.environ.get("TRIDIFF_CPU_GEMM") == "base" else None
+    got = _ext.load("cpp").decoder_gemm_build()
+    assert got in ("avx2+fma", "baseline")
+    if want:
+        assert got == want
