@@ -241,7 +241,9 @@ class Model(nn.Module):
                                 cos=ctx.cos[:, :, 0], sin=ctx.sin[:, :, 0], q_scale=ctx.q_scale[:, :, 0, 0],
                                 eps=ctx.eps, mode_args=ctx.mode_args, q_lens=ctx.q_lens,
                                 block_table=cache.block_table, lora_scale=ctx.lora_scale, write_kv=ctx.write_kv,
-                                final_norm=self.encoder.norm.weight, backend=backend)
+                                final_norm=self.encoder.norm.weight, backend="auto")
+        # "auto" even for backend="cpp": inputs the C++ stack cannot take (a strided table,
+        # fp16) then fall back to the op-by-op layers instead of raising
         return plan if plan.backend != "torch" else None
 
     def _stack_weights(self, use_lora: bool) -> "ops.DecoderWeights":
