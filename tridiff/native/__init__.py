@@ -14,5 +14,5 @@ from tridiff.native.kv import KvOps
 from tridiff.native.select import SelectOps
 
 
-class Native(KvOps, SelectOps, AttentionOps, DecoderOps):
+class Native(KvOps, SelectOps, DecoderOps, AttentionOps):   # DecoderOps launches the attention tiling too
     """One native backend: Native("cpp", "cpu") or Native("cuda", "cuda")."""

@@ -9,13 +9,13 @@ import torch
 
 from tridiff import _ext
 from tridiff.layer_math import rms_norm
-from tridiff.native.attention import ATTN_BLOCK_M
-from tridiff.native.base import NativeBase, ptr
+from tridiff.native.attention import AttentionOps
+from tridiff.native.base import ptr
 
 DECODER_DTYPES = (torch.float32, torch.float64)
 
 
-class DecoderOps(NativeBase):
+class DecoderOps(AttentionOps):
     def supports_decoder_layers_(self, x, weights, k_cache, v_cache, cache_lens, modes, mode_args, q_lens,
                                  block_table, cos, sin, q_scale, eps, lora_scale, softmax_scale, write_kv,
                                  final_norm):
@@ -28,10 +28,9 @@ class DecoderOps(NativeBase):
         if x.dtype not in DECODER_DTYPES:
             return f"the C++ decoder layers take float32/float64, got {x.dtype}"
         Hkv, D = k_cache.shape[-2:]
-        if D % 16 != 0 or not 16 <= D <= 256:
-            return f"head_dim {D} is not supported by the C++ attention (a multiple of 16 in [16, 256])"
-        if weights and weights[2].shape[1] // D // Hkv > ATTN_BLOCK_M:
-            return f"GQA group Hq/Hkv exceeds the {ATTN_BLOCK_M} rows of an attention tile"
+        reason = self.tiling_reason(D, weights[2].shape[1] // D // Hkv if weights else 1)
+        if reason:
+            return reason
         for name, t in (("x", x), ("cos", cos), ("sin", sin), ("q_scale", q_scale), ("final_norm", final_norm)):
             if t is not None and not t.is_contiguous():
                 return f"{name} must be contiguous"
@@ -55,26 +54,15 @@ class DecoderOps(NativeBase):
         Hq = weights[2].shape[1] // D
         I = weights[4].shape[0] // 2
         rank = weights[6].shape[0] if weights[6] is not None else 0
-        lib = self.lib()
         qkv = torch.empty((B * T, (Hq + 2 * Hkv) * D), dtype=x.dtype)
         attn = torch.empty((B * T, Hq * D), dtype=x.dtype)
-        cache_lens, mode_args, q_lens = (t.to(torch.int32).contiguous() for t in (cache_lens, mode_args, q_lens))
-        modes = modes.to(torch.int8).contiguous()
-        if block_table is not None:
-            block_table = block_table.to(torch.int32).contiguous()
-        bt, outer, token, tokens, max_pages = self.layout(k_cache[0], block_table)
-        capacity = max_pages * tokens if block_table is not None else k_cache.shape[2]
-        block_q = ATTN_BLOCK_M // (Hq // Hkv)
-        num_splits = lib.attention_num_splits(-(-T // block_q) * B * Hkv, capacity, torch.get_num_threads())
-        ws_o = ws_lse = None
-        if num_splits > 1:
-            acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-            ws_o = torch.empty((num_splits, B * T * Hq, D), dtype=acc)
-            ws_lse = torch.empty((num_splits, B * T * Hq), dtype=acc)
-        lib.decoder_layers(_ext.dtype_code(x.dtype), x.data_ptr(), qkv.data_ptr(), attn.data_ptr(), cos.data_ptr(),
-                           sin.data_ptr(), q_scale.data_ptr(), [ptr(w) for w in weights], H, I, rank, float(eps),
-                           float(lora_scale), k_cache.data_ptr(), v_cache.data_ptr(),
-                           k_cache.stride(0) * k_cache.element_size(), cache_lens.data_ptr(), modes.data_ptr(),
-                           mode_args.data_ptr(), q_lens.data_ptr(), bt, outer, token, tokens, max_pages, B, T, Hq,
-                           Hkv, D, float(softmax_scale) * math.log2(math.e), bool(write_kv), int(num_splits),
-                           ptr(ws_o), ptr(ws_lse), ptr(final_norm))
+        # layer 0's caches stand for every layer's (same layout, layer_bytes apart)
+        m = self.launch_meta(k_cache[0], cache_lens, modes, mode_args, q_lens, block_table, B, T, Hq, Hkv, D,
+                             x.dtype, x.device)
+        self.lib().decoder_layers(
+            _ext.dtype_code(x.dtype), x.data_ptr(), qkv.data_ptr(), attn.data_ptr(), cos.data_ptr(), sin.data_ptr(),
+            q_scale.data_ptr(), [ptr(w) for w in weights], H, I, rank, float(eps), float(lora_scale),
+            k_cache.data_ptr(), v_cache.data_ptr(), k_cache.stride(0) * k_cache.element_size(),
+            m.cache_lens.data_ptr(), m.modes.data_ptr(), m.mode_args.data_ptr(), m.q_lens.data_ptr(), *m.layout,
+            B, T, Hq, Hkv, D, float(softmax_scale) * math.log2(math.e), bool(write_kv), m.num_splits, ptr(m.ws_o),
+            ptr(m.ws_lse), ptr(final_norm))
