@@ -142,12 +142,11 @@ int decoder_layers(const DecoderArgs& a, int dtype) {
     aa.o_sb = at.Tq * qd; aa.o_st = qd; aa.o_sh = D;
     aa.k_cache = at.k_cache + l * a.layer_bytes;
     aa.v_cache = at.v_cache + l * a.layer_bytes;
-    const int code = CpuImpl::attention(aa, dtype, nullptr);
+    const int code = CpuImpl::attention(aa, dtype, nullptr);   // its argument rules: checked up front
     if (code != kOk) return code;
 
     linear(attn, rows, qd, static_cast<const T*>(w.o), H, y.data());
     if (w.lora_a != nullptr) {
-      if (a.lora_rank <= 0 || w.lora_b == nullptr) return kBadArgument;
       linear(attn, rows, qd, static_cast<const T*>(w.lora_a), a.lora_rank, lo.data());
       linear(lo.data(), rows, a.lora_rank, static_cast<const T*>(w.lora_b), H, h.data());
       const T scale = (T)a.lora_scale;
@@ -177,9 +176,17 @@ int decoder_layers(const DecoderArgs& a, int dtype) {
 const char* decoder_gemm_build() { return have_avx2() ? "avx2+fma" : "baseline"; }
 
 int decoder_layers_cpu(const DecoderArgs& a, int dtype) {
+  // Every argument rule before the first write to x or the caches (the attention's own
+  // included), so a refused call leaves both as they were.
   const AttnArgs& at = a.attn_args;
-  if (a.num_layers < 0 || a.H <= 0 || a.I <= 0 || at.D % 2 != 0 || at.Hkv <= 0 || at.Hq % at.Hkv != 0)
+  if (a.num_layers < 0 || a.H <= 0 || a.I <= 0 || at.D % 2 != 0 || at.Hkv <= 0 || at.Hq % at.Hkv != 0 ||
+      attn_group(at) > kAttnBlockM || at.num_splits < 1)
     return kBadArgument;
+  for (int64_t l = 0; l < a.num_layers; ++l) {
+    const DecoderLayerPtrs& w = a.layers[l];
+    if ((w.lora_a == nullptr) != (w.lora_b == nullptr) || (w.lora_a != nullptr && a.lora_rank <= 0))
+      return kBadArgument;
+  }
   if (at.B * at.Tq == 0) return kOk;
   if (dtype == kF32) return decoder_layers<float>(a, dtype);
   if (dtype == kF64) return decoder_layers<double>(a, dtype);
