@@ -226,9 +226,10 @@ class Model(nn.Module):
         return logits.to(torch.float64 if self.dtype == torch.float64 else torch.float32)
 
     def _layer_stack(self, x, ctx: ForwardContext, use_lora: bool, backend: str):
-        """The whole layer stack and the final norm as one checked ops.decoder_layers_ call (its plan), or None
-        for the op-by-op layers. One call pays off where the forward is bound by per-op
-        host cost: CPU forwards of few token rows (tridiff.layer_stack says how many).
+        """The whole layer stack and the final norm as one checked ops.decoder_layers_ call
+        (its plan), or None for the op-by-op layers. One call pays off where the forward is
+        bound by per-op host cost: CPU forwards of few token rows (tridiff.layer_stack says
+        how many).
         Only a compiled kernel is worth it: where only the reference would serve, the
         op-by-op layers (with their own per-op backends) run instead."""
         c = self.config

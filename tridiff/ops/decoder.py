@@ -146,8 +146,8 @@ def normalize_decoder_args(x, weights, k_cache, v_cache, cache_lens, modes, mode
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             chk.fail(name, "a python float", repr(value))
     # the attention arguments, checked by tridiff.ops.attention's own function (read from
-    # the module, so a test that counts its calls sees these) (layer 0's caches
-    # stand for every layer's: same shape); q/k/v are shape-only stand-ins
+    # the module, so a test counting its calls sees these); layer 0's caches stand for
+    # every layer's (same shape), q/k/v are shape-only stand-ins
     stand_in = x.new_empty(())
     layer0_k = k_cache[0] if L else k_cache.new_empty(k_cache.shape[1:])
     layer0_v = v_cache[0] if L else v_cache.new_empty(v_cache.shape[1:])
