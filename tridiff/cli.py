@@ -5,6 +5,8 @@
                      [--block-length L] [--threshold X] [--temperature T] [--seed S]
                      [--anchors K | --anchors 0,1,3,7] [--device cpu|cuda] [--dtype float32|float16|bfloat16] [--json]
     tridiff demo [--model DIR|NAME] [--max-new-tokens N]
+    tridiff serve [--model DIR|NAME] [--host H] [--port N] [--max-rows R] [--max-queue Q]
+                  [--strategy auto|ar|...] [...]   (OpenAI-compatible HTTP; tridiff.serve)
 
 --model defaults to the bundled trained model (tridiff.models.DEFAULT), --mode to
 linear-spec.
@@ -72,6 +74,11 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="complete held-out Python prompts with the bundled model in all four modes")
     d.add_argument("--model", default=None, help="checkpoint directory or bundled model name (default: bundled)")
     d.add_argument("--max-new-tokens", type=int, default=64, help="a multiple of the block (16)")
+
+    s = sub.add_parser("serve", help="OpenAI-compatible HTTP server over the engine (pip install tridiff[serve])")
+    from tridiff.serve.options import add_arguments  # argparse only: no web stack imported here
+
+    add_arguments(s)
     return top
 
 
@@ -100,6 +107,10 @@ def main(argv=None) -> int:
             from tridiff.demo import run_demo
 
             return run_demo(_resolve_model(args.model), args.max_new_tokens)
+        if args.command == "serve":
+            from tridiff.serve.options import serve_main
+
+            return serve_main(args, _resolve_model(args.model))
         return _generate(args)
     except UsageError as exc:
         print(str(exc).splitlines()[0] if str(exc) else "tridiff: bad arguments", file=sys.stderr)
