@@ -21,6 +21,11 @@ separate module (tridiff.triton.backend), so an op name never resolves to a subm
 AUTO_ORDER_PER_OP) and picks the first backend that is available and supports the
 inputs; the torch reference serves everything, so "auto" always finds one. Asking for
 a named backend that cannot serve raises BackendUnavailable with the reason.
+
+TRIDIFF_BACKEND=<name> (ENV) stands in for "auto", for the ops that backend implements:
+those resolve to it (a refusal raises BackendUnavailable naming the variable), the
+ops it lacks (decoder_layers_ under sdpa, say) keep the automatic choice. Unset, empty
+or "auto": no effect. An explicitly named backend is never replaced.
 """
 from __future__ import annotations
 
@@ -69,6 +74,9 @@ AUTO_ORDER_PER_OP: dict[str, dict[str, tuple[str, ...]]] = {
 def auto_order(op: str, device_type: str) -> tuple[str, ...]:
     """The backends "auto" tries, in order, for `op` on a device of this type."""
     return AUTO_ORDER_PER_OP.get(op, {}).get(device_type) or AUTO_ORDER.get(device_type, ("torch",))
+
+
+ENV = "TRIDIFF_BACKEND"
 
 
 class BackendUnavailable(RuntimeError):
@@ -143,12 +151,26 @@ def why_not(name: str, op: str, args: tuple, kwargs: dict):
     return None
 
 
+def forced() -> str | None:
+    """The backend TRIDIFF_BACKEND names, or None when it is unset, empty or "auto"."""
+    name = os.environ.get(ENV, "")
+    if name in ("", "auto"):
+        return None
+    if name not in BACKEND_MODULES:
+        raise BackendUnavailable(f"{ENV}: expected one of auto/{'/'.join(BACKENDS)} (or unset), got {name!r}")
+    return name
+
+
 def resolve(op: str, backend: str, device: torch.device, args: tuple, kwargs: dict) -> str:
-    """Turn "auto" or a backend name into the concrete backend that will run.
-    """
-    forced = os.environ.get("TRIDIFF_BACKEND")
-    if backend == "auto" and forced:
-        backend = forced
+    """Turn "auto" or a backend name into the concrete backend that will run."""
+    if backend == "auto":
+        name = forced()
+        # a backend that failed to import may implement op: its import error is the answer
+        if name is not None and (backend_module(name) is None or hasattr(_modules[name], op)):
+            reason = why_not(name, op, args, kwargs)
+            if reason:
+                raise BackendUnavailable(f"{reason} ({ENV}={name})")
+            return name
     if backend != "auto":
         if backend not in BACKEND_MODULES:
             raise BackendUnavailable(f"backend: expected one of auto/{'/'.join(BACKENDS)}, got {backend!r}")

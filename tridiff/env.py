@@ -4,7 +4,8 @@ Prints the torch / CUDA / triton / cupy versions, the GPU, and for each compiled
 extension whether it is built, for which CUDA archs, and if unusable, why. --json
 prints one object (keys: torch, cuda, triton, cupy, cuda_extension_built,
 cuda_extension_error, cpu_extension_built, cpu_extension_error, cuda_extension_archs,
-gpu, python, tridiff).
+gpu, python, tridiff, backend_forced: the backend TRIDIFF_BACKEND names or null,
+backend_forced_error: why its value is refused, or null).
 """
 from __future__ import annotations
 
@@ -33,6 +34,16 @@ def _gpu(torch):
         return {"error": str(exc)}
 
 
+def _forced():
+    """(the backend TRIDIFF_BACKEND names or None, why its value is refused or None)."""
+    from tridiff import _dispatch
+
+    try:
+        return _dispatch.forced(), None
+    except _dispatch.BackendUnavailable as exc:
+        return None, str(exc)
+
+
 def report() -> dict:
     import torch
 
@@ -59,6 +70,7 @@ def report() -> dict:
         "cupy_error": cupy_info["error"],
         "gpu": _gpu(torch),
     }
+    out["backend_forced"], out["backend_forced_error"] = _forced()
     for key, name in (("cpu_extension", "cpp"), ("cuda_extension", "cuda")):
         err = _ext.reason(name)
         out[f"{key}_built"] = _ext.built(name)
@@ -76,6 +88,9 @@ def _text(r: dict) -> str:
              f"triton  {r['triton'] or 'not available: ' + str(r['triton_error'])}",
              f"cupy    {r['cupy'] or 'not available'}" + (f" ({r['cupy_error']})" if r["cupy_error"] else ""),
              f"gpu     {r['gpu'] or 'none visible'}"]
+    if r["backend_forced"] or r["backend_forced_error"]:
+        lines.append(r["backend_forced_error"] or f"TRIDIFF_BACKEND={r['backend_forced']}: stands in for "
+                     f"backend 'auto' for the ops {r['backend_forced']!r} implements")
     for key, label in (("cpu_extension", "cpp extension (tridiff._cpp)"), ("cuda_extension", "cuda extension (tridiff._cuda)")):
         if r[f"{key}_error"] is None:
             extra = f", archs {r['cuda_extension_archs']}" if key == "cuda_extension" else ""

@@ -21,6 +21,8 @@ import os
 
 import torch
 
+from tridiff import _dispatch
+
 ENV = "TRIDIFF_CPU_LAYER_STACK"
 MAX_ROWS = 24
 MAX_ROW_WEIGHTS = 64_000_000
@@ -38,3 +40,13 @@ def wanted(device: torch.device, dtype: torch.dtype, rows: int, layer_weights: i
     if choice != "auto":
         return choice == "1"
     return rows <= MAX_ROWS and rows * layer_weights <= MAX_ROW_WEIGHTS
+
+
+def stack_backend(backend: str):
+    """The backend a forward run on `backend` asks for the stack with, or None for the
+    op-by-op layers. The stack is the cpp backend's kernel: "auto" and "cpp" ask for it
+    (TRIDIFF_BACKEND stands in for "auto"); a forward on any other backend, named or
+    forced, runs op by op, so that backend's own ops (its attention) run."""
+    if backend == "auto":
+        backend = _dispatch.forced() or "auto"
+    return backend if backend in ("auto", "cpp") else None

@@ -69,6 +69,7 @@ class Model(nn.Module):
         self._inv_freq = None  # rotary inverse frequencies, see inv_freq
         self._tables = None     # per-position rotary / query-scale tables, see _position_tables
         self._checked_stacks = {}   # use_lora -> (weight storage key, ops.DecoderWeights), see _stack_weights
+        self.weight_format = "full"   # or "bf16", "int4-g128", ...: set by tridiff.quant
 
     # ---- construction ---------------------------------------------------------------------
 
@@ -79,7 +80,9 @@ class Model(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.diffusion_head.weight.dtype
+        """The activations' (and cache's) dtype: the norms'. Projections may hold narrower
+        or packed weights (tridiff.quant)."""
+        return self.encoder.norm.weight.dtype
 
     @property
     def device(self) -> torch.device:
@@ -136,6 +139,10 @@ class Model(nn.Module):
         into the preallocated parameters (converted to `dtype` on `device`).
         """
         found = ckpt.open_checkpoint(directory, adapter)
+        if found.quant is not None:   # a GPTQ checkpoint: packed projections
+            from tridiff.quant.load import load_model
+
+            return load_model(cls, found, device=device, dtype=dtype)
         model = cls(found.config, device=device, dtype=dtype)
         params = dict(model.named_parameters())
         ckpt.load_into(found.weights, {name: params[name] for name in ckpt.expected_shapes(found.config)})
@@ -235,16 +242,25 @@ class Model(nn.Module):
         c = self.config
         rows = x.shape[0] * x.shape[1]
         layer_weights = c.hidden_size * (2 * c.q_size + 2 * c.kv_size + 3 * c.intermediate_size)
-        if backend not in ("auto", "cpp") or not layer_stack.wanted(x.device, x.dtype, rows, layer_weights):
+        if not layer_stack.wanted(x.device, x.dtype, rows, layer_weights):
+            return None
+        if self.weight_format != "full":   # the C++ stack takes full-precision weights only
+            return None
+        stack_backend = layer_stack.stack_backend(backend)
+        if stack_backend is None:
             return None
         cache = ctx.cache
-        plan = ops.decoder_plan(x, self._stack_weights(use_lora), cache.k, cache.v, cache.lens, ctx.modes,
-                                cos=ctx.cos[:, :, 0], sin=ctx.sin[:, :, 0], q_scale=ctx.q_scale[:, :, 0, 0],
-                                eps=ctx.eps, mode_args=ctx.mode_args, q_lens=ctx.q_lens,
-                                block_table=cache.block_table, lora_scale=ctx.lora_scale, write_kv=ctx.write_kv,
-                                final_norm=self.encoder.norm.weight, backend="auto")
-        # "auto" even for backend="cpp": inputs the C++ stack cannot take (a strided table,
-        # fp16) then fall back to the op-by-op layers instead of raising
+        try:
+            plan = ops.decoder_plan(x, self._stack_weights(use_lora), cache.k, cache.v, cache.lens, ctx.modes,
+                                    cos=ctx.cos[:, :, 0], sin=ctx.sin[:, :, 0], q_scale=ctx.q_scale[:, :, 0, 0],
+                                    eps=ctx.eps, mode_args=ctx.mode_args, q_lens=ctx.q_lens,
+                                    block_table=cache.block_table, lora_scale=ctx.lora_scale,
+                                    write_kv=ctx.write_kv, final_norm=self.encoder.norm.weight,
+                                    backend=stack_backend)
+        except ops.BackendUnavailable:
+            # cpp (named or forced) cannot take these inputs (a strided table, a head_dim
+            # its attention tiling lacks): the op-by-op layers run them, op by op on cpp
+            return None
         return plan if plan.backend != "torch" else None
 
     def _stack_weights(self, use_lora: bool) -> "ops.DecoderWeights":
