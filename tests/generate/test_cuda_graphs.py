@@ -72,7 +72,7 @@ def stand_in_graphs(monkeypatch):
         return replay
 
     monkeypatch.setattr(graphs, "use_graphs",
-                        lambda flag, mode, device: "strict" if mode in GRAPHED else False)
+                        lambda flag, mode, device, graphed: "strict" if mode in GRAPHED else False)
     monkeypatch.setattr(graphs, "warm_up", warm_up)
     monkeypatch.setattr(graphs, "capture", capture)
     yield log
@@ -88,7 +88,7 @@ def test_stand_in_graphs_equal_eager(model, prompts, stand_in_graphs, mode, extr
     # one stepper per mode; a threshold draft has three (begin + pass, extra pass, verify)
     assert log["capture"] <= log["warm"] <= (3 if "threshold" in extra else 1)
     with pytest.MonkeyPatch.context() as mp:   # the graph switch really off
-        mp.setattr(graphs, "use_graphs", lambda flag, mode, device: False)
+        mp.setattr(graphs, "use_graphs", lambda flag, mode, device, graphed: False)
         eager = generate(model, prompts, **kw)
     assert stand_in_graphs == log   # the eager run went through no stand-in
     assert _fields(graphed) == _fields(eager)
@@ -111,7 +111,7 @@ def test_next_call_replays_the_kept_graphs(model, prompts, stand_in_graphs, mode
     assert stand_in_graphs["warm"] == after_first["warm"] and stand_in_graphs["capture"] == after_first["capture"]
     assert stand_in_graphs["replay"] > after_first["replay"]
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(graphs, "use_graphs", lambda flag, mode, device: False)
+        mp.setattr(graphs, "use_graphs", lambda flag, mode, device, graphed: False)
         eager = generate(model, other, seed=9, **kw)
     assert _fields(second) == _fields(eager)
 
@@ -135,13 +135,13 @@ def test_cuda_graphs_argument(model, prompts, monkeypatch):
         generate(model, prompts[:1], mode="ar", cuda_graphs=True, **kw)   # a CPU model
     with pytest.raises(TridiffInputError, match="cuda_graphs"):
         generate(model, prompts[:1], mode="ar", cuda_graphs="yes", **kw)
-    assert graphs.use_graphs(None, "ar", torch.device("cpu")) is False
-    assert graphs.use_graphs(None, "ar", torch.device("cuda")) is True
-    assert graphs.use_graphs(None, "diffusion", torch.device("cuda")) is False
-    assert graphs.use_graphs(False, "linear-spec", torch.device("cuda")) is False
-    assert graphs.use_graphs(True, "quadratic-spec", torch.device("cuda")) == "strict"
+    assert graphs.use_graphs(None, "ar", torch.device("cpu"), GRAPHED) is False
+    assert graphs.use_graphs(None, "ar", torch.device("cuda"), GRAPHED) is True
+    assert graphs.use_graphs(None, "diffusion", torch.device("cuda"), GRAPHED) is False
+    assert graphs.use_graphs(False, "linear-spec", torch.device("cuda"), GRAPHED) is False
+    assert graphs.use_graphs(True, "quadratic-spec", torch.device("cuda"), GRAPHED) == "strict"
     with pytest.raises(TridiffInputError, match="diffusion"):
-        graphs.use_graphs(True, "diffusion", torch.device("cuda"))
+        graphs.use_graphs(True, "diffusion", torch.device("cuda"), GRAPHED)
 
     def no_capture(fn):
         raise AssertionError("captured on CPU")
@@ -160,7 +160,7 @@ def test_failed_capture(model, prompts, monkeypatch, strict):
 
     def capture(fn):
         raise RuntimeError("operation not permitted when stream is capturing")
-    monkeypatch.setattr(graphs, "use_graphs", lambda flag, mode, device: "strict" if strict else True)
+    monkeypatch.setattr(graphs, "use_graphs", lambda flag, mode, device, graphed: "strict" if strict else True)
     monkeypatch.setattr(graphs, "warm_up", lambda fn: fn())
     monkeypatch.setattr(graphs, "capture", capture)
     if strict:

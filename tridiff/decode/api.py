@@ -10,7 +10,7 @@ from tridiff._checks import TridiffInputError
 from tridiff.decode import graphs, hooks, results
 from tridiff.decode.results import GenerateOutput
 from tridiff.decode.state import RunShape, device_of
-from tridiff.decode.strategies import MODES, strategy_for
+from tridiff.decode.strategies import GRAPHED, MODES, strategy_for
 
 RULES = ("lossless", "reference")
 
@@ -60,7 +60,7 @@ def generate(model, prompts: Sequence[Sequence[int]], *, mode: str = "ar", max_n
     anchors = _validate(cfg, prompts, mode, max_new_tokens, L, threshold, temperature, rule, eos_check_every,
                         anchors)
     strategy = strategy_for(mode, anchors)
-    use = graphs.use_graphs(cuda_graphs, mode, device_of(model))
+    use = graphs.use_graphs(cuda_graphs, mode, device_of(model), GRAPHED)
     capacity = max(len(p) for p in prompts) + strategy.extra_len(int(max_new_tokens), L, anchors)
     if use:
         capacity = -(-capacity // graphs.GRAPH_CAPACITY_STEP) * graphs.GRAPH_CAPACITY_STEP

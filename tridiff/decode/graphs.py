@@ -45,22 +45,21 @@ def release_graphs(model) -> None:
     KEPT.pop(model, None)
 
 
-def use_graphs(flag, strategy: str, device):
+def use_graphs(flag, strategy: str, device, graphed=()):
     """False (eager), True (graphs; a failed capture falls back to eager) or "strict"
-    (asked for: a failed capture raises), for the strategy named `strategy`."""
-    # the table imports the strategies, whose steps import this module
-    from tridiff.decode.strategies import GRAPHED
-
+    (asked for: a failed capture raises), for the strategy named `strategy`; `graphed`:
+    the names of the strategies whose iterations can be graphed (the strategy table's
+    GRAPHED, passed down by the caller, so this module knows no strategy)."""
     if flag is not None and not isinstance(flag, bool):
         raise TridiffInputError(f"cuda_graphs: expected None, True or False, got {flag!r}")
     if flag is None:   # automatic: a failed capture warns and the step runs eagerly
-        return device.type == "cuda" and strategy in GRAPHED
+        return device.type == "cuda" and strategy in graphed
     if flag and device.type != "cuda":
         raise TridiffInputError(f"cuda_graphs: expected None or False for a model on {device} "
                                 "(CUDA graphs need a CUDA model)")
-    if flag and strategy not in GRAPHED:
+    if flag and strategy not in graphed:
         raise TridiffInputError(f"cuda_graphs: expected None or False for {strategy} "
-                                f"(graphed modes: {', '.join(GRAPHED)})")
+                                f"(graphed modes: {', '.join(graphed)})")
     return "strict" if flag else False
 
 
