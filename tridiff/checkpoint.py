@@ -188,6 +188,7 @@ class Checkpoint:
     config: ModelConfig                          # lora set when an adapter is loaded
     weights: dict[str, tuple[str, tuple]]        # base tensor -> (file, shape)
     adapter: Optional[dict[str, tuple[str, tuple]]]  # adapter tensor as stored -> (file, shape)
+    quant: Optional[object] = None               # tridiff.quant.config.QuantConfig of a GPTQ checkpoint
 
 
 def open_checkpoint(directory, adapter: Union[str, bool, None, os.PathLike] = "auto") -> Checkpoint:
@@ -200,11 +201,14 @@ def open_checkpoint(directory, adapter: Union[str, bool, None, os.PathLike] = "a
     """
     directory = os.fspath(directory)
     config = ModelConfig.from_json(directory)
+    from tridiff.quant.config import expected_quant_shapes, read_quant_config  # it builds on this module
+
+    quant = read_quant_config(directory)   # None: full precision; unknown methods refused here
     found = scan(weight_files(directory))
-    check_tensors(found, expected_shapes(config))
+    check_tensors(found, expected_shapes(config) if quant is None else expected_quant_shapes(config, quant))
     adapter_dir = _adapter_dir(directory, adapter)
     if adapter_dir is None:
-        return Checkpoint(config, found, None)
+        return Checkpoint(config, found, None, quant)
     lora = read_adapter_config(adapter_dir, config)
     if not os.path.exists(os.path.join(adapter_dir, ADAPTER_WEIGHTS)):
         raise CheckpointError(f"{ADAPTER_WEIGHTS}: missing from {adapter_dir}")
@@ -216,7 +220,7 @@ def open_checkpoint(directory, adapter: Union[str, bool, None, os.PathLike] = "a
             raise CheckpointError(f"{name}: stored twice in the adapter")
         by_key[key] = entry
     check_tensors(by_key, adapter_shapes(config, lora.rank), what="adapter")
-    return Checkpoint(dataclasses.replace(config, lora=lora), found, raw)
+    return Checkpoint(dataclasses.replace(config, lora=lora), found, raw, quant)
 
 
 def _adapter_dir(directory: str, adapter) -> Optional[str]:

@@ -5,6 +5,7 @@
                      [--block-length L] [--threshold X] [--temperature T] [--seed S]
                      [--anchors K | --anchors 0,1,3,7] [--device cpu|cuda] [--dtype float32|float16|bfloat16] [--json]
     tridiff demo [--model DIR|NAME] [--max-new-tokens N]
+    tridiff quantize [--bits 4|8] [--group 128|64|-1] [--asym] IN OUT   (GPTQ layout; tridiff.quant)
     tridiff serve [--model DIR|NAME] [--host H] [--port N] [--max-rows R] [--max-queue Q]
                   [--strategy auto|ar|...] [...]   (OpenAI-compatible HTTP; tridiff.serve)
 
@@ -75,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--model", default=None, help="checkpoint directory or bundled model name (default: bundled)")
     d.add_argument("--max-new-tokens", type=int, default=64, help="a multiple of the block (16)")
 
+    q = sub.add_parser("quantize", help="write a GPTQ-layout int4/int8 copy of a checkpoint (round-to-nearest)")
+    from tridiff.quant.export import add_arguments as quantize_arguments
+
+    quantize_arguments(q)
+
     s = sub.add_parser("serve", help="OpenAI-compatible HTTP server over the engine (pip install tridiff[serve])")
     from tridiff.serve.options import add_arguments  # argparse only: no web stack imported here
 
@@ -107,6 +113,10 @@ def main(argv=None) -> int:
             from tridiff.demo import run_demo
 
             return run_demo(_resolve_model(args.model), args.max_new_tokens)
+        if args.command == "quantize":
+            from tridiff.quant.export import main as quantize_main
+
+            return quantize_main(args, _resolve_model(args.src))
         if args.command == "serve":
             from tridiff.serve.options import serve_main
 

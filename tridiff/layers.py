@@ -22,6 +22,7 @@ from tridiff.config import ModelConfig
 from tridiff.ops.attention import attention_plan
 from tridiff.layer_math import rms_norm, rotate
 from tridiff.projection import linear
+from tridiff.quant.packed import fused_packed
 
 
 class Weight(nn.Module):
@@ -76,6 +77,8 @@ class _FusedRows(nn.Module):
         parameter new storage (load_state_dict with assign=True, param.data = ...) is
         noticed here by address, and the blocks are stacked again with the parameters
         re-pointed at the new tensor."""
+        if "weight" not in self._modules[self.fused_names[0]]._parameters:   # packed parts: tridiff.quant
+            return fused_packed(self)
         hit = self._fused
         if hit is not None and torch.compiler.is_compiling():
             return hit[1]   # traced: storage addresses are not comparable; weights do not move there

@@ -16,6 +16,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from tridiff.quant.packed import linear as quant_linear
+
 # Rows (tokens) up to which a CPU projection may leave F.linear: every decoding forward
 # (1 row per AR step, 16-36 for drafts, verifies and QUADRATIC(4), L(k+1) for pruned
 # quadratic, short prefills); longer products take F.linear.
@@ -33,7 +35,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
       wxt: (W @ x^T)^T, one GEMM with the weight as the left operand;
       bmm: the weight [N, K] read as b blocks of N/b rows, multiplied in one torch.bmm
            with x^T broadcast over the blocks (every thread streams the weight).
-    Same products, summed in another order: results differ from F.linear by rounding only."""
+    Same products, summed in another order: results differ from F.linear by rounding only.
+    A packed weight, or one of another dtype than x, is multiplied by tridiff.quant."""
+    if not isinstance(weight, torch.Tensor) or weight.dtype != x.dtype:
+        return quant_linear(x, weight)
     K = x.shape[-1]
     rows = x.numel() // K if K else 0
     if 0 < rows <= BMM_ROWS and x.device.type == "cpu" and x.dtype in BMM_DTYPES and x.is_contiguous() \

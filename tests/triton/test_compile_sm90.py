@@ -1,4 +1,4 @@
-"""Compiled-mode check of the KV-cache, sampling, acceptance, Philox and attention kernels for
+"""Compiled-mode check of the KV-cache, sampling, acceptance, Philox, attention and int4 GEMM kernels for
 sm_90a (H100/H200), on a machine without a GPU.
 
 The other Triton tests run kernels in the interpreter, which accepts things the compiler
@@ -26,7 +26,7 @@ import pytest
 triton = pytest.importorskip("triton")
 pytestmark = pytest.mark.compile_check  # CPU-only: not part of the GPU suite's test stage
 
-KERNEL_MODULES = ("kv_cache", "accept", "sample", "philox", "attention")
+KERNEL_MODULES = ("kv_cache", "accept", "sample", "philox", "attention", "quant_gemm")
 SM90_SM_COUNT = 132         # H100 SXM and H200 multiprocessors
 SM90_SMEM = 227 * 1024      # per-block shared memory limit (opt-in) on sm_90
 V = 131072                  # vocabulary of the target models
@@ -171,6 +171,36 @@ def _scenarios():
     yield from _specialisation_edges(P, sample, confidence, unmask, linear, rejection, quadratic, kv_write,
                                      kv_compact, pages)
     yield from _attention_scenarios()
+    yield from _quant_gemm_scenarios()
+
+
+def _quant_gemm_scenarios():
+    """int4 dequant-GEMM (tridiff.triton.quant): the 3B preset's four projection shapes at
+    1 (AR), 17 and 33 (verify) and 256 rows, g128 bf16 (split-K and not); fp16, fp32 and
+    group 64 at one shape."""
+    import functools
+
+    import torch
+
+    from tridiff.config import preset
+    from tridiff.triton import quant as tq
+
+    def gemm(M, N, K, dt, group):
+        e, i32 = torch.empty, torch.int32
+        tq.quant_linear(e(M, K, dtype=dt), e(K // 8, N, dtype=i32), e(K // group, N, dtype=dt),
+                        e(K // group, N // 8, dtype=i32), 4, group)
+
+    c = preset("3b")
+    P = functools.partial
+    shapes = {"qkv": (c.q_size + 2 * c.kv_size, c.hidden_size), "o": (c.hidden_size, c.q_size),
+              "gate_up": (2 * c.intermediate_size, c.hidden_size), "down": (c.hidden_size, c.intermediate_size)}
+    for name, (N, K) in shapes.items():
+        for M in (1, 17, 33, 256):
+            yield f"quant_linear 3b {name} [{M},{K}]x[{K},{N}] bf16 g128", True, P(gemm, M, N, K, torch.bfloat16, 128)
+    N, K = shapes["qkv"]
+    for dt, d in ((torch.float16, "fp16"), (torch.float32, "fp32")):
+        yield f"quant_linear 3b qkv [17,{K}] {d} g128", False, P(gemm, 17, N, K, dt, 128)
+    yield f"quant_linear 3b qkv [1,{K}] bf16 g64", False, P(gemm, 1, N, K, torch.bfloat16, 64)
 
 
 def _specialisation_edges(P, sample, confidence, unmask, linear, rejection, quadratic, kv_write, kv_compact,

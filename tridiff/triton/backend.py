@@ -10,6 +10,7 @@ from tridiff.triton.accept import (accept_linear, accept_quadratic, accept_rejec
 from tridiff.triton.kv_cache import (kv_append_, kv_commit_, kv_compact_, kv_rollback_, kv_write_, paged_release_,
                                      paged_reserve_, supports_kv_commit_, supports_kv_compact_, supports_kv_rollback_,
                                      supports_kv_write_, supports_paged_reserve_)
+from tridiff.triton.quant import quant_linear, supports_quant_linear
 from tridiff.triton.sample import (diffusion_confidence, diffusion_unmask, sample, supports_diffusion_confidence,
                                    supports_diffusion_unmask, supports_sample)
 

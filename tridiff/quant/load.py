@@ -1,0 +1,186 @@
+"""Building a model with packed (GPTQ) or bf16 projection weights, without ever holding a
+full-precision copy of them.
+
+The model is constructed on the meta device (no memory), then every tensor gets real
+storage of its final dtype and is filled from the memory-mapped file one at a time
+(tridiff.checkpoint.load_into):
+  * GPTQ: the seven projections of each layer become PackedLinear (codes, fp16 scales,
+    zero points as stored); the fused q/k/v and gate/up groups are concatenated once;
+    embeddings, norms and the drafter LoRA take the activation dtype; the head keeps the
+    checkpoint's dtype where that is narrower (bf16/fp16: it is the largest weight of
+    the model) and is multiplied by tridiff.quant.packed.mixed_linear.
+  * bf16 (weights="bf16" of from_pretrained): projections and head in bf16, the rest
+    (embeddings, norms, LoRA) in the activation dtype.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+from tridiff import checkpoint as ckpt
+from tridiff.quant.config import PROJECTIONS, QuantConfig, projection_shapes
+from tridiff.quant.gptq import default_g_idx
+from tridiff.quant.packed import PackedLinear
+
+WEIGHT_FORMATS = ("full", "bf16")
+HALF = (torch.float16, torch.bfloat16)
+_ST_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
+              "I32": torch.int32, "I64": torch.int64}
+
+
+def stored_dtypes(found: dict, names) -> dict:
+    """name -> the dtype its safetensors header declares (headers only)."""
+    from safetensors import safe_open
+
+    by_file: dict = {}
+    for name in names:
+        by_file.setdefault(found[name][0], []).append(name)
+    out = {}
+    for path, group in by_file.items():
+        with safe_open(path, framework="pt") as fh:
+            for name in group:
+                out[name] = _ST_DTYPES.get(fh.get_slice(name).get_dtype())
+    return out
+
+
+def _real(module: nn.Module, dtype, device) -> None:
+    """Give a Weight module (on meta) real, uninitialised storage."""
+    shape = module.weight.shape
+    module.weight = nn.Parameter(torch.empty(shape, dtype=dtype, device=device), requires_grad=False)
+
+
+def _default_dtype(device, dtype):
+    from tridiff.model import default_dtype   # the model's own default (fp32 on CPU)
+
+    return dtype or default_dtype(device)
+
+
+def _plain_targets(model, device, dtype, head_dtype) -> dict:
+    """Real storage for everything but the projections; name -> parameter to fill."""
+    enc = model.encoder
+    _real(enc.embed_tokens, dtype, device)
+    _real(enc.norm, dtype, device)
+    _real(model.diffusion_head, head_dtype, device)
+    for layer in enc.layers:
+        _real(layer.input_layernorm, dtype, device)
+        _real(layer.post_attention_layernorm, dtype, device)
+    if model.has_adapter:
+        for lora in model.linear_spec_lora:
+            _real(lora.lora_A, dtype, device)
+            _real(lora.lora_B, dtype, device)
+    targets = {"encoder.embed_tokens.weight": enc.embed_tokens.weight, "encoder.norm.weight": enc.norm.weight,
+               "diffusion_head.weight": model.diffusion_head.weight}
+    for i, layer in enumerate(enc.layers):
+        for name in ("input_layernorm", "post_attention_layernorm"):
+            targets[f"encoder.layers.{i}.{name}.weight"] = getattr(layer, name).weight
+    return targets
+
+
+def _load_adapter(model, found) -> None:
+    if found.adapter is not None:
+        by_key = model._adapter_params()
+        ckpt.load_into(found.adapter, {name: by_key[ckpt.normalise_adapter_key(name)] for name in found.adapter})
+
+
+def _projection(layer, name: str):
+    group, proj = name.split(".")
+    return getattr(layer, group), proj
+
+
+def check_packed(found: dict, qc: QuantConfig, config) -> None:
+    """Before any code is read: the packed tensors' stored dtypes, then every g_idx (small)
+    equal to k // group_size (act-order g_idx refused)."""
+    names = [n for n in found if n.rsplit(".", 1)[-1] in ("qweight", "qzeros", "g_idx")]
+    for name, dt in stored_dtypes(found, names).items():
+        if dt != torch.int32:
+            raise ckpt.CheckpointError(f"{name}: expected int32 (GPTQ packing), got {dt}")
+    scales = [n for n in found if n.endswith(".scales")]
+    for name, dt in stored_dtypes(found, scales).items():
+        if dt not in HALF + (torch.float32,):
+            raise ckpt.CheckpointError(f"{name}: expected fp16/bf16/fp32 scales, got {dt}")
+    shapes = projection_shapes(config)
+    want = {}
+    for i in range(config.num_hidden_layers):
+        for name in PROJECTIONS:
+            K = shapes[name][1]
+            g = qc.group_of(K)
+            ref = want.setdefault((K, g), default_g_idx(K, g))
+            got = torch.empty(K, dtype=torch.int32)
+            ckpt.load_into(found, {f"encoder.layers.{i}.{name}.g_idx": got})
+            if not torch.equal(got, ref):
+                k = int((got != ref).nonzero()[0])
+                raise ckpt.CheckpointError(f"encoder.layers.{i}.{name}.g_idx: expected k // group_size "
+                                           f"(inputs in order, desc_act=false), got {int(got[k])} at k={k}")
+
+
+def load_model(cls, found, *, device="cpu", dtype: Optional[torch.dtype] = None):
+    """A Model of class `cls` from an opened GPTQ checkpoint (tridiff.checkpoint.Checkpoint
+    with .quant set): names, shapes, dtypes and g_idx checked before any code is read."""
+    qc: QuantConfig = found.quant
+    config = found.config
+    check_packed(found.weights, qc, config)
+    dtype = _default_dtype(device, dtype)
+    head_stored = stored_dtypes(found.weights, ["diffusion_head.weight"])["diffusion_head.weight"]
+    head_dtype = head_stored if head_stored in HALF and dtype not in HALF else dtype
+    model = cls(config, device="meta", dtype=dtype)
+    targets = _plain_targets(model, device, dtype, head_dtype)
+    scale_dtypes = stored_dtypes(found.weights, [n for n in found.weights if n.endswith(".scales")])
+    shapes = projection_shapes(config)
+    for i, layer in enumerate(model.encoder.layers):
+        for name in PROJECTIONS:
+            N, K = shapes[name]
+            prefix = f"encoder.layers.{i}.{name}"
+            packed = PackedLinear(K, N, qc.bits, qc.group_of(K), zero_format=qc.zero_format, device=device,
+                                  scale_dtype=scale_dtypes[f"{prefix}.scales"])
+            parent, proj = _projection(layer, name)
+            setattr(parent, proj, packed)
+            for suffix in ("qweight", "qzeros", "scales", "g_idx"):
+                targets[f"{prefix}.{suffix}"] = getattr(packed, suffix)
+    ckpt.load_into(found.weights, targets)
+    _load_adapter(model, found)
+    for layer in model.encoder.layers:   # concatenate q/k/v and gate/up once
+        layer.self_attn.fused_weight()
+        layer.mlp.fused_weight()
+    model.weight_format = qc.name
+    model.quantization = qc
+    return model
+
+
+def from_pretrained(directory, *, weights: str = "full", device="cpu", dtype: Optional[torch.dtype] = None,
+                    adapter: Union[str, bool, None, os.PathLike] = "auto"):
+    """tridiff.model.Model.from_pretrained with a weight format: "full" (as it), "bf16"
+    (projections and head held in bf16, computed with fp32 accumulation in the
+    activation dtype `dtype`). A GPTQ checkpoint loads packed whatever `weights` says
+    ("full"), and refuses another."""
+    from tridiff.model import Model
+
+    if weights not in WEIGHT_FORMATS:
+        raise ValueError(f"weights: expected one of {WEIGHT_FORMATS}, got {weights!r}")
+    if weights == "full":
+        return Model.from_pretrained(directory, device=device, dtype=dtype, adapter=adapter)
+    found = ckpt.open_checkpoint(directory, adapter)
+    if found.quant is not None:
+        raise ValueError(f"weights: {weights!r} asked for a {found.quant.name} GPTQ checkpoint (load it as it is)")
+    dtype = _default_dtype(device, dtype)
+    model = Model(found.config, device="meta", dtype=dtype)
+    targets = _plain_targets(model, device, dtype, torch.bfloat16)
+    for i, layer in enumerate(model.encoder.layers):
+        for group, names in ((layer.self_attn, ("q_proj", "k_proj", "v_proj")), (layer.mlp, ("gate_proj", "up_proj"))):
+            parts = [getattr(group, n) for n in names]
+            whole = torch.empty(sum(p.weight.shape[0] for p in parts), parts[0].weight.shape[1],
+                                dtype=torch.bfloat16, device=device)
+            for p, block in zip(parts, whole.split([p.weight.shape[0] for p in parts], dim=0)):
+                p.weight = nn.Parameter(block, requires_grad=False)
+            group._fused = None
+        _real(layer.self_attn.o_proj, torch.bfloat16, device)
+        _real(layer.mlp.down_proj, torch.bfloat16, device)
+        for name in PROJECTIONS:
+            parent, proj = _projection(layer, name)
+            targets[f"encoder.layers.{i}.{name}.weight"] = getattr(parent, proj).weight
+    ckpt.load_into(found.weights, targets)
+    _load_adapter(model, found)
+    model.weight_format = weights
+    return model

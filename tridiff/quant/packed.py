@@ -1,0 +1,129 @@
+"""Projections on packed or narrower weights, as tridiff.projection.linear runs them.
+
+PackedLinear takes the place of a tridiff.layers.Weight for a GPTQ-quantized projection:
+its buffers carry the GPTQ checkpoint names (qweight, qzeros, scales, g_idx), so
+model.state_dict() is a GPTQ checkpoint again. Its `weight` is itself, so the layers'
+linear(x, module.weight) reaches tridiff.projection.linear with it, which hands it here.
+The fused q/k/v and gate/up groups (tridiff.layers._FusedRows) become one FusedPacked:
+the parts' codes and scales concatenated along N (the packed layout keeps every column
+whole), the parts' buffers re-pointed at views of it, so each code is in memory once.
+
+A full-precision weight of another dtype than the activations (bf16 weights with fp32
+activations: the "bf16" weight format) is multiplied by mixed_linear: upcast one block of
+rows at a time (at most UPCAST_ELEMS elements, so no fp32 copy of the weight or the model
+is ever held) and multiplied in the wider dtype: fp32 accumulation of bf16 weights.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tridiff import ops
+from tridiff.quant.gptq import pack_factor, v2_words
+
+UPCAST_ELEMS = 1 << 21   # 8 MiB of fp32 per upcast block
+
+
+def linear(x: torch.Tensor, weight) -> torch.Tensor:
+    """y = x @ W^T for a packed weight (PackedLinear / FusedPacked) or a weight whose dtype
+    differs from x's."""
+    if isinstance(weight, torch.Tensor):
+        return mixed_linear(x, weight)
+    return weight.matmul(x)
+
+
+def mixed_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """F.linear in the wider of the two dtypes (promote_types: fp32 for bf16 and fp16),
+    the weight upcast UPCAST_ELEMS at a time; the result in x's dtype."""
+    acc = torch.promote_types(x.dtype, weight.dtype)
+    N, K = weight.shape
+    xa = x.to(acc)
+    rows = max(1, UPCAST_ELEMS // max(K, 1))
+    if N <= rows:
+        return F.linear(xa, weight.to(acc)).to(x.dtype)
+    out = torch.empty(*x.shape[:-1], N, dtype=x.dtype, device=x.device)
+    for n0 in range(0, N, rows):
+        out[..., n0:n0 + rows] = F.linear(xa, weight[n0:n0 + rows].to(acc))
+    return out
+
+
+class PackedLinear(nn.Module):
+    """One GPTQ-packed projection W [out_features, in_features] (tridiff.quant.gptq
+    layout). zero_format: how qzeros is stored ("gptq": v1, each word minus the
+    offset; "gptq_v2": true zero points); matmul uses the true ones, converted once."""
+
+    def __init__(self, in_features: int, out_features: int, bits: int, group_size: int, *,
+                 zero_format: str = "gptq", device=None, scale_dtype=torch.float16):
+        super().__init__()
+        P = pack_factor(bits)
+        G = in_features // group_size
+        self.in_features, self.out_features = in_features, out_features
+        self.bits, self.group_size, self.zero_format = bits, group_size, zero_format
+        i32 = dict(dtype=torch.int32, device=device)
+        self.register_buffer("qweight", torch.empty(in_features // P, out_features, **i32))
+        self.register_buffer("qzeros", torch.empty(G, out_features // P, **i32))
+        self.register_buffer("scales", torch.empty(G, out_features, dtype=scale_dtype, device=device))
+        self.register_buffer("g_idx", torch.empty(in_features, **i32))
+        self._zeros: Optional[tuple] = None   # (qzeros address, true zero-point words)
+
+    @property
+    def weight(self) -> "PackedLinear":
+        return self
+
+    def zeros_v2(self) -> torch.Tensor:
+        z = self.qzeros
+        hit = self._zeros
+        if hit is None or hit[0] != (z.data_ptr(), z.device):
+            hit = self._zeros = ((z.data_ptr(), z.device), v2_words(z, self.bits, self.zero_format))
+        return hit[1]
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.quant_linear(x, self.qweight, self.scales, self.zeros_v2(), bits=self.bits,
+                                group_size=self.group_size)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
+                f"group_size={self.group_size}")
+
+
+class FusedPacked:
+    """Row blocks of several PackedLinear of one input (q/k/v, gate/up) as one packed
+    weight: columns concatenated (codes, scales and true zero points)."""
+
+    def __init__(self, parts: list):
+        first = parts[0]
+        if any((p.bits, p.group_size, p.in_features) != (first.bits, first.group_size, first.in_features)
+               for p in parts):
+            raise ValueError("fused packed projections need one bits, group_size and in_features")
+        self.bits, self.group_size = first.bits, first.group_size
+        self.qweight = torch.cat([p.qweight for p in parts], dim=1)
+        self.scales = torch.cat([p.scales for p in parts], dim=1)
+        self.zeros = torch.cat([p.zeros_v2() for p in parts], dim=1)
+        n0 = 0
+        for p in parts:   # the parts become views of the fused tensors: every code once
+            n = p.out_features
+            p.qweight = self.qweight[:, n0:n0 + n]
+            p.scales = self.scales[:, n0:n0 + n]
+            n0 += n
+        self.key = fused_key(parts)
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.quant_linear(x, self.qweight, self.scales, self.zeros, bits=self.bits, group_size=self.group_size)
+
+
+def fused_key(parts) -> list:
+    return [(p.qweight.data_ptr(), p.scales.data_ptr(), p.qzeros.data_ptr(), p.qweight.device) for p in parts]
+
+
+def fused_packed(module) -> FusedPacked:
+    """The FusedPacked of a tridiff.layers._FusedRows module whose parts are PackedLinear,
+    kept in its _fused slot and rebuilt when any part's storage moved."""
+    parts = [module._modules[name] for name in module.fused_names]
+    hit = module._fused
+    if isinstance(hit, FusedPacked) and hit.key == fused_key(parts):
+        return hit
+    module._fused = FusedPacked(parts)
+    return module._fused
