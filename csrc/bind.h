@@ -45,7 +45,8 @@ void bind_ops(py::module_& m) {
   m.def("kv_write", [](bool commit, uintptr_t k_cache, uintptr_t v_cache, uintptr_t k, uintptr_t v,
                        int64_t k_sb, int64_t k_st, int64_t v_sb, int64_t v_st, uintptr_t cache_lens,
                        uintptr_t q_lens, uintptr_t block_table, int64_t outer, int64_t token, int64_t tokens,
-                       int64_t max_pages, int64_t B, int64_t T, int64_t row_bytes, uintptr_t stream) {
+                       int64_t max_pages, int64_t B, int64_t T, int64_t heads, int64_t head_bytes,
+                       int64_t k_hs, int64_t v_hs, int64_t cache_hs, uintptr_t stream) {
     KvWriteArgs a;
     a.k_cache = ptr<char>(k_cache); a.v_cache = ptr<char>(v_cache);
     a.k = ptr<const char>(k); a.v = ptr<const char>(v);
@@ -53,20 +54,21 @@ void bind_ops(py::module_& m) {
     a.src_batch_stride[1] = v_sb; a.src_token_stride[1] = v_st;
     a.cache_lens = ptr<const int32_t>(cache_lens); a.q_lens = ptr<const int32_t>(q_lens);
     a.cache = layout(block_table, outer, token, tokens, max_pages);
-    a.B = B; a.T = T; a.row_bytes = row_bytes;
+    a.B = B; a.T = T; a.heads = heads; a.head_bytes = head_bytes;
+    a.src_head_stride[0] = k_hs; a.src_head_stride[1] = v_hs; a.cache_head_stride = cache_hs;
     check(Impl::kv_write(a, commit, ptr<void>(stream)), "kv_write");
   });
   m.def("kv_compact", [](uintptr_t k_cache, uintptr_t v_cache, int64_t layers, int64_t layer_stride,
                          uintptr_t cache_lens, uintptr_t src_index, int64_t B, int64_t n, uintptr_t block_table,
-                         int64_t outer, int64_t token, int64_t tokens, int64_t max_pages, int64_t row_bytes,
-                         uintptr_t stream) {
+                         int64_t outer, int64_t token, int64_t tokens, int64_t max_pages, int64_t heads,
+                         int64_t head_bytes, int64_t head_stride, uintptr_t stream) {
     KvCompactArgs a;
     a.k_cache = ptr<char>(k_cache); a.v_cache = ptr<char>(v_cache);
     a.layers = layers; a.layer_stride = layer_stride;
     a.cache_lens = ptr<const int32_t>(cache_lens); a.src_index = ptr<const int32_t>(src_index);
     a.B = B; a.n = n;
     a.cache = layout(block_table, outer, token, tokens, max_pages);
-    a.row_bytes = row_bytes;
+    a.heads = heads; a.head_bytes = head_bytes; a.head_stride = head_stride;
     check(Impl::kv_compact(a, ptr<void>(stream)), "kv_compact");
   });
   m.def("paged", [](bool reserve, uintptr_t block_table, uintptr_t free_pages, uintptr_t free_count,

@@ -142,10 +142,9 @@ class PagedKVCache(_Cache):
                            page_size=self.page_size, backend=backend)
 
     def compact_(self, src_index, *, backend="auto") -> None:
-        # Paged compaction takes one layer's pages at a time (shared block table).
-        for i in range(self.num_layers):
-            ops.kv_compact_(self.k[i], self.v[i], self.lens, src_index, block_table=self.block_table,
-                            backend=backend)
+        # One call moves every layer (the op takes [layers, num_pages, page, Hkv, D] with
+        # the shared block table).
+        ops.kv_compact_(self.k, self.v, self.lens, src_index, block_table=self.block_table, backend=backend)
 
     def reset_(self) -> None:
         super().reset_()

@@ -7,15 +7,23 @@
 
 namespace td {
 
+// One token's features: `heads` runs of head_bytes (csrc/kv/slots.cuh).
+static inline void copy_runs(char* dst, int64_t dst_stride, const char* src, int64_t src_stride, int64_t heads,
+                             int64_t head_bytes) {
+  for (int64_t h = 0; h < heads; ++h) std::memcpy(dst + h * dst_stride, src + h * src_stride, (size_t)head_bytes);
+}
+
 int CpuImpl::kv_write(const KvWriteArgs& a, bool commit, void*) {
   const int64_t tokens = a.B * a.T;
-#pragma omp parallel for schedule(static) if (tokens * a.row_bytes > (1 << 16))
+  const int64_t row_bytes = a.heads * a.head_bytes;
+#pragma omp parallel for schedule(static) if (tokens * row_bytes > (1 << 16))
   for (int64_t tok = 0; tok < tokens; ++tok) {
     const int64_t b = tok / a.T, t = tok % a.T;
     for (int which = 0; which < 2; ++which) {
       int64_t src, dst;
       if (!kv_write_token(a, which, b, t, src, dst)) continue;
-      std::memcpy((which ? a.v_cache : a.k_cache) + dst, (which ? a.v : a.k) + src, (size_t)a.row_bytes);
+      copy_runs((which ? a.v_cache : a.k_cache) + dst, a.cache_head_stride, (which ? a.v : a.k) + src,
+                a.src_head_stride[which], a.heads, a.head_bytes);
     }
   }
   if (commit)
@@ -25,20 +33,23 @@ int CpuImpl::kv_write(const KvWriteArgs& a, bool commit, void*) {
 
 int CpuImpl::kv_compact(const KvCompactArgs& a, void*) {
   const int64_t jobs = a.layers * 2 * a.B;
-#pragma omp parallel for schedule(static) if (jobs * a.n * a.row_bytes > (1 << 16))
+  const int64_t row_bytes = a.heads * a.head_bytes;
+#pragma omp parallel for schedule(static) if (jobs * a.n * row_bytes > (1 << 16))
   for (int64_t job = 0; job < jobs; ++job) {
     const int64_t b = job % a.B, lk = job / a.B;
     char* base = ((lk & 1) ? a.v_cache : a.k_cache) + (lk >> 1) * a.layer_stride;
-    std::vector<char> stage((size_t)(a.n * a.row_bytes));  // all reads before writes
+    std::vector<char> stage((size_t)(a.n * row_bytes));  // all reads before writes, runs packed
     for (int64_t i = 0; i < a.n; ++i) {
       int64_t from, to;
       if (compact_source(a, b, i, from, to))
-        std::memcpy(stage.data() + i * a.row_bytes, base + slot_offset(a.cache, b, from), (size_t)a.row_bytes);
+        copy_runs(stage.data() + i * row_bytes, a.head_bytes, base + slot_offset(a.cache, b, from), a.head_stride,
+                  a.heads, a.head_bytes);
     }
     for (int64_t i = 0; i < a.n; ++i) {
       int64_t from, to;
       if (compact_source(a, b, i, from, to))
-        std::memcpy(base + slot_offset(a.cache, b, to), stage.data() + i * a.row_bytes, (size_t)a.row_bytes);
+        copy_runs(base + slot_offset(a.cache, b, to), a.head_stride, stage.data() + i * row_bytes, a.head_bytes,
+                  a.heads, a.head_bytes);
     }
   }
   return kOk;

@@ -25,7 +25,9 @@ __global__ void cupy_kv_write(char* kc, char* vc, const char* k, const char* v, 
   a.k_cache = kc; a.v_cache = vc; a.k = k; a.v = v;
   a.src_batch_stride[0] = ksb; a.src_token_stride[0] = kst; a.src_batch_stride[1] = vsb; a.src_token_stride[1] = vst;
   a.cache_lens = lens; a.q_lens = qlens; a.cache = cupy_layout(bt, outer, token, tokens, max_pages);
-  a.B = B; a.T = T; a.row_bytes = row_bytes;
+  a.B = B; a.T = T;
+  a.heads = 1; a.head_bytes = row_bytes;  // tridiff/cupy/_validate.py checks dense [Hkv, D] slabs
+  a.src_head_stride[0] = a.src_head_stride[1] = a.cache_head_stride = row_bytes;
   td::kv_write_body<V>(a);
 }
 
@@ -41,7 +43,8 @@ __global__ void cupy_kv_compact(char* kc, char* vc, i64 layers, i64 layer_stride
   td::KvCompactArgs a;
   a.k_cache = kc; a.v_cache = vc; a.layers = layers; a.layer_stride = layer_stride;
   a.cache_lens = lens; a.src_index = src; a.B = B; a.n = n;
-  a.cache = cupy_layout(bt, outer, token, tokens, max_pages); a.row_bytes = row_bytes;
+  a.cache = cupy_layout(bt, outer, token, tokens, max_pages);
+  a.heads = 1; a.head_bytes = row_bytes; a.head_stride = row_bytes;  // dense slabs, checked by _validate
   td::kv_compact_body<V>(a);
 }
 

@@ -3,7 +3,8 @@
 // temporary. One CTA per (column block, row, layer x {k, v}); each thread owns one
 // V-wide byte column of the row and stages its n source units in shared memory, so
 // no other thread ever touches the bytes it reads and writes: no cross-CTA hazard.
-// A contiguous cache may carry a leading layer dimension: one launch moves all layers.
+// The cache (contiguous or paged) may carry a leading layer dimension: one launch moves
+// all layers. Any page/row/token/head strides; unit stride along D.
 #pragma once
 #include "../common/vec.cuh"
 #include "slots.cuh"
@@ -19,7 +20,8 @@ struct KvCompactArgs {
   const int32_t* src_index;  // [B, n]
   int64_t B, n;
   CacheLayout cache;
-  int64_t row_bytes;
+  int64_t heads, head_bytes;  // a token's features: `heads` runs of head_bytes (slots.cuh)
+  int64_t head_stride;        // bytes between runs (k and v caches share strides)
 };
 
 // Does column i of row b move, and from which logical position? (identity moves skipped)
@@ -41,19 +43,19 @@ __device__ __forceinline__ void kv_compact_body(const KvCompactArgs& a) {
   const int64_t b = blockIdx.y;
   const int64_t layer = blockIdx.z >> 1;
   char* base = ((blockIdx.z & 1) ? a.v_cache : a.k_cache) + layer * a.layer_stride;
-  const int64_t units = a.row_bytes / (int64_t)sizeof(V);
+  const int64_t units = a.heads * a.head_bytes / (int64_t)sizeof(V);
   const int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
   if (c >= units) return;
+  const int64_t off = run_offset(c * (int64_t)sizeof(V), a.head_bytes, a.head_stride);
   for (int64_t i = 0; i < a.n; ++i) {
     int64_t from, to;
     if (compact_source(a, b, i, from, to))
-      stage[i * blockDim.x + threadIdx.x] =
-          reinterpret_cast<const V*>(base + slot_offset(a.cache, b, from))[c];
+      stage[i * blockDim.x + threadIdx.x] = *reinterpret_cast<const V*>(base + slot_offset(a.cache, b, from) + off);
   }
   for (int64_t i = 0; i < a.n; ++i) {
     int64_t from, to;
     if (compact_source(a, b, i, from, to))
-      reinterpret_cast<V*>(base + slot_offset(a.cache, b, to))[c] = stage[i * blockDim.x + threadIdx.x];
+      *reinterpret_cast<V*>(base + slot_offset(a.cache, b, to) + off) = stage[i * blockDim.x + threadIdx.x];
   }
 }
 

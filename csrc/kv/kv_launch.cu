@@ -12,13 +12,15 @@ uint64_t bits(int64_t v) { return (uint64_t)v; }
 
 int CudaImpl::kv_write(const KvWriteArgs& a, bool commit, void* stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  if (a.B * a.T > 0 && a.row_bytes > 0) {
-    const uint64_t align = bits(a.k_cache) | bits(a.v_cache) | bits(a.k) | bits(a.v) | bits(a.row_bytes) |
+  const int64_t row_bytes = a.heads * a.head_bytes;
+  if (a.B * a.T > 0 && row_bytes > 0) {
+    const uint64_t align = bits(a.k_cache) | bits(a.v_cache) | bits(a.k) | bits(a.v) | bits(a.head_bytes) |
                            bits(a.src_batch_stride[0]) | bits(a.src_token_stride[0]) |
                            bits(a.src_batch_stride[1]) | bits(a.src_token_stride[1]) |
+                           bits(a.src_head_stride[0]) | bits(a.src_head_stride[1]) | bits(a.cache_head_stride) |
                            bits(a.cache.outer_stride) | bits(a.cache.token_stride);
     const int vb = vec_bytes_for(align);
-    const int64_t units = a.row_bytes / vb;
+    const int64_t units = row_bytes / vb;
     const int threads = (int)min64(256, ceil_div(units, 32) * 32);
     const dim3 grid((unsigned)(a.B * a.T), (unsigned)ceil_div(units, threads), 2);
     TD_DISPATCH_VEC(vb, V, kv_write_kernel<V><<<grid, threads, 0, s>>>(a));
@@ -32,12 +34,13 @@ int CudaImpl::kv_write(const KvWriteArgs& a, bool commit, void* stream) {
 }
 
 int CudaImpl::kv_compact(const KvCompactArgs& a, void* stream) {
-  if (a.B == 0 || a.n == 0 || a.row_bytes == 0 || a.layers == 0) return kOk;
+  const int64_t row_bytes = a.heads * a.head_bytes;
+  if (a.B == 0 || a.n == 0 || row_bytes == 0 || a.layers == 0) return kOk;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  const uint64_t align = bits(a.k_cache) | bits(a.v_cache) | bits(a.row_bytes) | bits(a.layer_stride) |
-                         bits(a.cache.outer_stride) | bits(a.cache.token_stride);
+  const uint64_t align = bits(a.k_cache) | bits(a.v_cache) | bits(a.head_bytes) | bits(a.head_stride) |
+                         bits(a.layer_stride) | bits(a.cache.outer_stride) | bits(a.cache.token_stride);
   const int vb = vec_bytes_for(align);
-  const int64_t units = a.row_bytes / vb;
+  const int64_t units = row_bytes / vb;
   const int64_t smem_limit = 48 * 1024;  // default dynamic shared memory without opt-in
   const int64_t per_thread = a.n * vb;
   if (per_thread > smem_limit) return kTooLarge;

@@ -1,4 +1,5 @@
 // kv_write_ / kv_append_: copy k/v[b, t] (t < q_lens[b]) into slot cache_lens[b] + t.
+// Any batch/token/head strides of the source and the cache; unit stride along D.
 // One CTA per (token, column block, k-or-v); each thread moves V-sized units.
 #pragma once
 #include "../common/vec.cuh"
@@ -17,7 +18,9 @@ struct KvWriteArgs {
   const int32_t* q_lens;
   CacheLayout cache;
   int64_t B, T;
-  int64_t row_bytes;  // Hkv * D * element size
+  int64_t heads, head_bytes;   // a token's features: `heads` runs of head_bytes (slots.cuh)
+  int64_t src_head_stride[2];  // bytes between runs of k ([0]) and v ([1])
+  int64_t cache_head_stride;   // bytes between runs, both caches
 };
 
 // Source and destination byte offsets of token (b, t); false if t is padding.
@@ -42,10 +45,13 @@ __device__ __forceinline__ void kv_write_body(const KvWriteArgs& a) {
   if (!kv_write_token(a, blockIdx.z, b, t, src, dst)) return;
   const char* from = (blockIdx.z == 0 ? a.k : a.v) + src;
   char* to = (blockIdx.z == 0 ? a.k_cache : a.v_cache) + dst;
-  const int64_t units = a.row_bytes / (int64_t)sizeof(V);
+  const int64_t units = a.heads * a.head_bytes / (int64_t)sizeof(V);
+  const int64_t src_stride = a.src_head_stride[blockIdx.z];
   for (int64_t c = blockIdx.y * (int64_t)blockDim.x + threadIdx.x; c < units;
        c += (int64_t)gridDim.y * blockDim.x) {
-    reinterpret_cast<V*>(to)[c] = reinterpret_cast<const V*>(from)[c];
+    const int64_t byte = c * (int64_t)sizeof(V);
+    *reinterpret_cast<V*>(to + run_offset(byte, a.head_bytes, a.cache_head_stride)) =
+        *reinterpret_cast<const V*>(from + run_offset(byte, a.head_bytes, src_stride));
   }
 }
 

@@ -1,6 +1,9 @@
 // Where logical cache position `pos` of row b lives: contiguous [B, Tmax, Hkv, D]
 // (row b, token pos) or paged [num_pages, page, Hkv, D] through block_table[b, pos/page].
-// Offsets are in bytes; a token's Hkv*D slab is contiguous.
+// Offsets are in bytes. A token's Hkv x D features are `heads` runs of `head_bytes`
+// contiguous bytes, run h starting h * head_stride bytes after the token: heads = 1 when
+// the [Hkv, D] slab is dense, heads = Hkv (one run per head) for head-major or sliced
+// views. The feature dimension D itself must have unit stride (the launchers check it).
 #pragma once
 #include "../common/types.cuh"
 
@@ -18,6 +21,12 @@ TD_HD int64_t slot_offset(const CacheLayout& c, int64_t b, int64_t pos) {
   if (c.block_table == nullptr) return b * c.outer_stride + pos * c.token_stride;
   const int64_t page = c.block_table[b * c.max_pages + pos / c.tokens];
   return page * c.outer_stride + (pos % c.tokens) * c.token_stride;
+}
+
+// Byte offset, from a token's start, of feature byte `byte` (< heads * head_bytes).
+// The copy unit divides head_bytes, so a unit never straddles two runs.
+TD_HD int64_t run_offset(int64_t byte, int64_t head_bytes, int64_t head_stride) {
+  return (byte / head_bytes) * head_stride + byte % head_bytes;
 }
 
 }  // namespace td

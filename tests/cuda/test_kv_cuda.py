@@ -74,3 +74,99 @@ def test_paged_reserve_release(backend):
             ops.paged_release_(t, f, c, keep, page_size=page, backend=name)
         for r, o in zip(states["torch"], states[backend]):
             assert torch.equal(r, o)
+
+
+# ---- CPU-runnable: the cuda backend's stride rules and argument packing (nothing launched) ----
+
+KV_OPS = ("kv_write_", "kv_append_", "kv_commit_", "kv_rollback_", "kv_compact_", "paged_reserve_",
+          "paged_release_")
+
+
+def test_every_kv_op_of_the_native_backends_has_a_stride_rule():
+    import tridiff.cpp
+    import tridiff.cuda
+
+    for mod in (tridiff.cpp, tridiff.cuda):
+        for op in KV_OPS:
+            assert callable(getattr(mod, f"supports_{op}")), (mod.__name__, op)
+
+
+class _Recorder:
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        return lambda *args: self.calls.append((name, args))
+
+
+def _glue(monkeypatch):
+    """The cuda backend's argument packing (tridiff.native) over CPU tensors, its compiled
+    module replaced by a recorder: what the kernels would be handed, without a GPU."""
+    from tridiff.native import Native
+
+    glue = Native("cuda", "cpu")
+    rec = _Recorder()
+    monkeypatch.setattr(glue, "lib", lambda: rec)
+    monkeypatch.setattr(glue, "stream", lambda t: 0)
+    return glue, rec.calls
+
+
+def test_cuda_glue_packs_head_major_views_as_per_head_runs(monkeypatch):
+    glue, calls = _glue(monkeypatch)
+    B, T, H, D, Tmax = 2, 3, 4, 8, 16
+    kc = torch.zeros(B, H, Tmax, D, dtype=torch.bfloat16).transpose(1, 2)   # head-major cache
+    vc = torch.zeros(B, H, Tmax, D, dtype=torch.bfloat16).transpose(1, 2)
+    k = torch.zeros(B, T, H, D, dtype=torch.bfloat16)                        # dense k
+    v = torch.zeros(B, T, 3, H, D, dtype=torch.bfloat16)[:, :, 2]            # dense slab in a fused qkv
+    lens, q_lens = torch.zeros(B, dtype=torch.int32), torch.full((B,), T, dtype=torch.int32)
+    assert glue.supports_kv_append_(kc, vc, k, v, lens, q_lens, None) is None
+    glue.kv_append_(kc, vc, k, v, lens, q_lens, None)
+    (name, args), = calls
+    heads, head_bytes, k_hs, v_hs, cache_hs = args[-6:-1]
+    assert (name, heads, head_bytes) == ("kv_write", H, D * 2)
+    assert (k_hs, v_hs, cache_hs) == (D * 2, D * 2, Tmax * D * 2)
+    calls.clear()
+    glue.kv_append_(kc.contiguous(), vc.contiguous(), k, v, lens, q_lens, None)  # all dense: one run
+    assert calls[0][1][-6:-4] == (1, H * D * 2)
+
+
+def test_cuda_glue_compacts_paged_layers_in_one_call(monkeypatch):
+    glue, calls = _glue(monkeypatch)
+    layers, N, page, H, D = 3, 5, 4, 2, 8
+    kc = torch.zeros(layers, N, H, page, D).transpose(2, 3)
+    lens, src = torch.zeros(2, dtype=torch.int32), torch.zeros(2, 2, dtype=torch.int32)
+    table = torch.zeros(2, 2, dtype=torch.int32)
+    assert glue.supports_kv_compact_(kc, kc.clone(), lens, src, table) is None  # equal strides
+    glue.kv_compact_(kc, kc.clone(), lens, src, table)
+    (name, args), = calls
+    assert args[2:4] == (layers, kc.stride(0) * 4)                      # layers, layer stride
+    assert args[9:13] == (kc.stride(1) * 4, kc.stride(2) * 4, page, 2)  # page, slot strides
+    assert args[13:16] == (H, D * 4, kc.stride(3) * 4)                  # per-head runs
+
+
+@pytest.mark.parametrize("case", ["d_strided_k", "d_strided_cache", "v_cache_strides", "lens_int64",
+                                  "lens_strided", "table_strided"])
+def test_cuda_glue_refuses_what_its_kernels_cannot_address(monkeypatch, case):
+    glue, calls = _glue(monkeypatch)
+    B, T, H, D, Tmax = 2, 3, 2, 4, 8
+    kc, vc = torch.zeros(B, Tmax, H, D), torch.zeros(B, Tmax, H, D)
+    k, v = torch.zeros(B, T, H, D), torch.zeros(B, T, H, D)
+    lens, q_lens = torch.zeros(B, dtype=torch.int32), torch.ones(B, dtype=torch.int32)
+    table = None
+    if case == "d_strided_k":
+        k = torch.zeros(B, T, H, D, 2)[..., 0]
+    elif case == "d_strided_cache":
+        kc = torch.zeros(B, Tmax, H, D, 2)[..., 0]
+        vc = torch.zeros(B, Tmax, H, D, 2)[..., 0]
+    elif case == "v_cache_strides":
+        vc = torch.zeros(B, H, Tmax, D).transpose(1, 2)
+    elif case == "lens_int64":
+        lens = lens.long()
+    elif case == "lens_strided":
+        lens = torch.zeros(2 * B, dtype=torch.int32)[::2]
+    else:
+        kc, vc = torch.zeros(5, Tmax, H, D), torch.zeros(5, Tmax, H, D)
+        table = torch.zeros(2, B, dtype=torch.int32).t()
+    for op in ("kv_write_", "kv_append_"):
+        assert getattr(glue, f"supports_{op}")(kc, vc, k, v, lens, q_lens, table), (op, case)
+    assert calls == []

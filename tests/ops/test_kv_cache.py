@@ -332,6 +332,102 @@ def test_random_op_sequences_match_python_model(backend, ops_seq, paged):
             assert torch.equal(logical(vc, b), row)
 
 
+# ---- engines' own caches: int64 index tensors, commit without capacity, paged layers ----------
+
+def _engine_session(backend, dtype):
+    """Every KV op once on a paged cache whose lengths, page table and free stack have
+    `dtype`; returns every tensor the ops touched (the index tensors as int64)."""
+    B, H, D, page, num_pages, max_pages = 2, 2, 4, 4, 7, 3
+    idx = dict(dtype=dtype, device=DEVICE)
+    pk, pv = ids_tensor(2, num_pages, page, H, D), ids_tensor(2, num_pages, page, H, D, start=90_000)
+    table = torch.full((B, max_pages), -1, **idx)
+    free = torch.arange(num_pages, **idx)
+    count = torch.tensor([num_pages], **idx)
+    lens = torch.tensor([0, 2], **idx)
+    ops.paged_reserve_(table, free, count, torch.tensor([9, 6], **idx), page_size=page, backend=backend)
+    k, v = ids_tensor(B, 5, H, D, start=-500), ids_tensor(B, 5, H, D, start=-900)
+    for layer in range(2):
+        ops.kv_write_(pk[layer], pv[layer], k, v, lens, q_lens=torch.tensor([5, 3], **idx), block_table=table,
+                      backend=backend)
+    ops.kv_append_(pk[0], pv[0], k, v, lens, q_lens=torch.tensor([4, 4], **idx), block_table=table,
+                   backend=backend)
+    ops.kv_rollback_(lens, torch.tensor([2, 3], **idx), backend=backend)
+    ops.kv_compact_(pk, pv, lens, torch.tensor([[2, 0, -1], [1, 0, 2]], **idx), block_table=table,
+                    backend=backend)
+    ops.kv_commit_(lens, torch.tensor([3, 1], **idx), backend=backend)
+    ops.paged_release_(table, free, count, lens - 2, page_size=page, backend=backend)
+    for t in (table, free, count, lens):
+        assert t.dtype == dtype  # mutated in place, dtype kept
+    return [pk, pv] + [t.long() for t in (table, free, count, lens)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS + ([] if "triton" in BACKENDS else ["triton"]))
+def test_int64_index_tensors_give_the_int32_result(backend):
+    """An engine's int64 lengths, block table and free stack are taken by every KV op (converted
+    once to int32, mutated ones written back) with exactly the int32 result."""
+    if _dispatch.backend_unavailable(backend):
+        pytest.skip(_dispatch.backend_unavailable(backend))
+    want = _engine_session("torch", torch.int32)
+    got = _engine_session(backend, torch.int64)
+    for name, g, w in zip(["k", "v", "table", "free", "count", "lens"], got, want):
+        assert torch.equal(g, w), name
+
+
+def test_int64_lengths_are_range_checked_before_conversion():
+    kc, vc = ids_tensor(1, 8, 1, 2), ids_tensor(1, 8, 1, 2, start=50)
+    k = ids_tensor(1, 2, 1, 2, start=-10)
+    lens = torch.tensor([2**32 + 1], dtype=torch.int64, device=DEVICE)  # wraps to 1 as int32
+    before = kc.clone()
+    with pytest.raises(TridiffInputError, match="^cache_lens: expected"):
+        ops.kv_append_(kc, vc, k, k, lens)
+    assert torch.equal(kc, before) and int(lens) == 2**32 + 1
+
+
+def test_commit_capacity_is_optional():
+    """Default capacity None: only n >= 0 and an int32-representable result are checked."""
+    P = torch.tensor([2, 5], **I32)
+    ops.kv_commit_(P, torch.tensor([3, 1], **I32))
+    assert P.tolist() == [5, 6]
+    with pytest.raises(TridiffInputError, match="^n: expected"):
+        ops.kv_commit_(P, -1)
+    with pytest.raises(TridiffInputError, match="^n: expected"):
+        ops.kv_commit_(P, 2**31 - 6)  # 6 + n > 2**31 - 1
+    with pytest.raises(TridiffInputError, match="^capacity: expected"):
+        ops.kv_commit_(P, 1, capacity=8.0)
+    assert P.tolist() == [5, 6]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_compact_paged_with_layer_dimension(backend):
+    """[layers, num_pages, page, Hkv, D] with one block table: one call moves every layer,
+    exactly as one call per layer does."""
+    layers, page, H, D = 3, 4, 2, 2
+    pk, pv = ids_tensor(layers, 6, page, H, D), ids_tensor(layers, 6, page, H, D, start=50_000)
+    table = torch.tensor([[4, 1, -1], [0, 5, 2]], **I32)
+    P = torch.tensor([3, 6], **I32)
+    src = torch.tensor([[1, 3, -1], [4, 0, 1]], **I32)
+    need(backend, "kv_compact_", pk, pv, P, src, table)
+    want_k, want_v = pk.clone(), pv.clone()
+    for i in range(layers):
+        ops.kv_compact_(want_k[i], want_v[i], P, src, block_table=table, backend="torch")
+    assert not torch.equal(want_k, pk)
+    ops.kv_compact_(pk, pv, P, src, block_table=table, backend=backend)
+    assert torch.equal(pk, want_k) and torch.equal(pv, want_v)
+
+
+def test_paged_cache_compacts_all_layers_in_one_call(monkeypatch):
+    from tridiff import cache as cache_mod
+
+    c = cache_mod.PagedKVCache(3, 2, 16, 1, 2, page_size=4)
+    c.reserve_(12)
+    c.commit_(2)
+    calls = []
+    real = ops.kv_compact_
+    monkeypatch.setattr(cache_mod.ops, "kv_compact_", lambda *a, **kw: calls.append(a[0].shape) or real(*a, **kw))
+    c.compact_(torch.tensor([[1, 0], [2, 1]], **I32))
+    assert calls == [c.k.shape]
+
+
 # ---- torch.library ------------------------------------------------------------------------------------
 
 def test_opcheck_kv_ops():

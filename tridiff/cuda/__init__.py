@@ -11,10 +11,11 @@ _backend = Native("cuda", "cuda")
 
 unavailable = _backend.unavailable
 
-# KV cache (csrc/kv). kv_append_ has no supports_ check yet (kv_write_'s would apply)
+# KV cache (csrc/kv); the stride rules are in tridiff.native.kv.KvOps
 kv_write_ = _backend.kv_write_
 supports_kv_write_ = _backend.supports_kv_write_
 kv_append_ = _backend.kv_append_
+supports_kv_append_ = _backend.supports_kv_append_
 kv_commit_ = _backend.kv_commit_
 supports_kv_commit_ = _backend.supports_kv_commit_
 kv_rollback_ = _backend.kv_rollback_

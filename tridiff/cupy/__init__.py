@@ -10,10 +10,14 @@ float16/float32/float64, or uint16 holding bfloat16 with bf16=True; KV caches an
   kv_write_(k_cache, v_cache, k, v, cache_lens, q_lens, block_table=None)
   kv_append_(...)                      kv_write_ then cache_lens += q_lens
   kv_compact_(k_cache, v_cache, cache_lens, src_index, block_table=None)
+                                       (either layout may carry a leading layer dimension)
   sample(logits [B,T,V], temperature=0.0, seed=None, offset=None, bf16=False) -> int64 [B,T]
   accept_linear(target_logits, draft_tokens, cache_lens, eos_id, temperature=0.0, seed=None,
                 offset=None, bf16=False) -> 6-tuple (AcceptResult order)
   accept_quadratic(logits, draft, cache_lens, eos_id, bf16=False) -> 6-tuple
+Stride rule of the KV functions: any batch/row/page/token strides, a dense [Hkv, D] slab
+per token, v_cache with k_cache's strides, dense int32 index arrays; anything else is
+refused with TridiffInputError (the torch ops serve every view).
 Arguments are checked before anything is allocated or launched (tridiff/cupy/_validate.py):
 layouts always, values (lengths within capacity, ids and pages in range; a host copy)
 unless TRIDIFF_CHECK_VALUES=0. Bad input raises tridiff.errors.TridiffInputError naming
@@ -116,9 +120,10 @@ def _null():
 
 
 def _layout(cache, block_table):
-    if block_table is None:
-        return _null(), cache.strides[-4], cache.strides[-3], cache.shape[-3], 0
-    return block_table, cache.strides[0], cache.strides[1], cache.shape[1], block_table.shape[1]
+    """(block table, outer and token byte strides, tokens per row/page, max_pages) of a
+    cache [(layers,) B, Tmax, Hkv, D] or paged [(layers,) num_pages, page, Hkv, D]."""
+    bt, max_pages = (_null(), 0) if block_table is None else (block_table, block_table.shape[1])
+    return bt, cache.strides[-4], cache.strides[-3], cache.shape[-3], max_pages
 
 
 def kv_write_(k_cache, v_cache, k, v, cache_lens, q_lens, block_table=None, commit=False):

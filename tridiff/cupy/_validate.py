@@ -86,24 +86,34 @@ def sampling(temperature, seed, offset, B):
             array(name, t, dtypes=("int64",), shape=(B,))
 
 
+def unit_stride(arg, x):
+    """A 1-D index array the kernels read as x[b]: dense."""
+    if x.shape[0] > 1 and x.strides[0] != x.dtype.itemsize:
+        fail(arg, "a contiguous array", f"strides {tuple(x.strides)}")
+
+
 def cache_layout(k_cache, v_cache, block_table, B, H, D, *, five_d_ok=False):
-    """Returns the capacity in tokens per row and the page size (1 when contiguous)."""
+    """Returns the capacity in tokens per row and the page size (1 when contiguous).
+    five_d_ok: a leading layer dimension is allowed (kv_compact)."""
     ndim = len(getattr(k_cache, "shape", ()))
-    if five_d_ok and block_table is None and ndim == 5:
-        array("k_cache", k_cache, shape=(None, B, None, H, D))
+    paged = block_table is not None
+    if five_d_ok and ndim == 5:
+        array("k_cache", k_cache, shape=(None, None, None, H, D) if paged else (None, B, None, H, D))
     else:
-        array("k_cache", k_cache, ndim=4, shape=(None, None, H, D) if block_table is not None else (B, None, H, D))
+        array("k_cache", k_cache, ndim=4, shape=(None, None, H, D) if paged else (B, None, H, D))
     array("v_cache", v_cache, shape=tuple(k_cache.shape))
     if v_cache.dtype != k_cache.dtype:
         fail("v_cache", f"dtype {k_cache.dtype.name} (that of k_cache)", v_cache.dtype.name)
     for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
         dense_rows(name, c, 2)
-    if block_table is None:
+    if tuple(v_cache.strides) != tuple(k_cache.strides):  # the kernels address both with k_cache's
+        fail("v_cache", f"the strides of k_cache {tuple(k_cache.strides)}", f"strides {tuple(v_cache.strides)}")
+    if not paged:
         return k_cache.shape[-3], 1
     array("block_table", block_table, ndim=2, dtypes=("int32",), shape=(B, None))
     if block_table.strides[1] != 4:
         fail("block_table", "unit stride along pages", f"strides {tuple(block_table.strides)}")
-    return block_table.shape[1] * k_cache.shape[1], k_cache.shape[1]
+    return block_table.shape[1] * k_cache.shape[-3], k_cache.shape[-3]
 
 
 def pages_valid(block_table, ends, page, num_pages):
@@ -129,6 +139,8 @@ def kv_write(k_cache, v_cache, k, v, cache_lens, q_lens, block_table):
         fail("k_cache", f"dtype {k.dtype.name} (that of k)", k_cache.dtype.name)
     array("cache_lens", cache_lens, dtypes=("int32",), shape=(B,))
     array("q_lens", q_lens, dtypes=("int32",), shape=(B,))
+    unit_stride("cache_lens", cache_lens)
+    unit_stride("q_lens", q_lens)
     if not values_checked():
         return
     lens, n = host(cache_lens).astype("int64"), host(q_lens).astype("int64")
@@ -145,10 +157,11 @@ def kv_compact(k_cache, v_cache, cache_lens, src_index, block_table):
     B, n = src_index.shape
     array("k_cache", k_cache)
     if len(k_cache.shape) not in (4, 5):
-        fail("k_cache", "4 dimensions (or 5: [layers, B, Tmax, Hkv, D])", f"shape {tuple(k_cache.shape)}")
+        fail("k_cache", "4 dimensions (or 5 with a leading layer dimension)", f"shape {tuple(k_cache.shape)}")
     H, D = k_cache.shape[-2], k_cache.shape[-1]
     capacity, page = cache_layout(k_cache, v_cache, block_table, B, H, D, five_d_ok=True)
     array("cache_lens", cache_lens, dtypes=("int32",), shape=(B,))
+    unit_stride("cache_lens", cache_lens)
     if src_index.strides[1] != 4 or src_index.strides[0] != 4 * n:
         fail("src_index", "a C-contiguous array", f"strides {tuple(src_index.strides)}")
     if not values_checked():
@@ -159,7 +172,7 @@ def kv_compact(k_cache, v_cache, cache_lens, src_index, block_table):
     if ((src < -1) | (src >= n)).any():
         fail("src_index", f"-1 or an offset in [0, n={n})", src.tolist())
     if block_table is not None:
-        pages_valid(block_table, lens + n, page, k_cache.shape[0])
+        pages_valid(block_table, lens + n, page, k_cache.shape[-4])
 
 
 def accept(logits_arr, draft, cache_lens, eos_id, quadratic, temperature, seed, offset, bf16):

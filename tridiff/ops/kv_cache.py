@@ -3,13 +3,14 @@
   kv_write_(k_cache, v_cache, k, v, cache_lens, *, q_lens=None, block_table=None)
       store k/v[b, :q_lens[b]] at slots cache_lens[b].. of row b. Mutates the caches.
   kv_append_(...same...)          kv_write_ then cache_lens += q_lens. Mutates caches, cache_lens.
-  kv_commit_(cache_lens, n, *, capacity)   cache_lens += n. Metadata only.
+  kv_commit_(cache_lens, n, *, capacity=None)   cache_lens += n. Metadata only.
   kv_rollback_(cache_lens, new_lens)       cache_lens = new_lens (<= current). Metadata only.
   kv_compact_(k_cache, v_cache, cache_lens, src_index, *, block_table=None)
       slot P+i of row b takes the old slot P+src_index[b, i] (all reads before writes;
       -1 keeps the slot). QUADRATIC keeps its verify slots with
-      src_index = quadratic_verify_slots(L, B). Contiguous caches may carry a leading
-      layer dimension [layers, B, Tmax, Hkv, D] to move all layers in one call.
+      src_index = quadratic_verify_slots(L, B). Both layouts may carry a leading layer
+      dimension ([layers, B, Tmax, Hkv, D], or [layers, num_pages, page, Hkv, D] with one
+      block table shared by all layers) to move every layer in one call.
   paged_reserve_(block_table, free_pages, free_count, target_lens, *, page_size)
   paged_release_(block_table, free_pages, free_count, keep_lens, *, page_size)
       page allocation from / release to a device-side stack (free_pages [N] int32,
@@ -17,6 +18,22 @@
 
 Layouts as in tridiff.ops.attention. Every capacity and range check runs before
 anything is written: a refused call leaves caches, lengths and page tables as they were.
+
+Strides. Caches and k/v may be any strided view with the documented logical shape
+(head-major pages [N, Hkv, page, D] seen through .transpose(1, 2), a [B, Hkv, T, D] cache
+seen as [B, T, Hkv, D], slices, k/v sliced out of a fused projection); k_cache and v_cache
+may differ. Every backend either serves a layout exactly or refuses it in its
+supports_<op> with the reason, and "auto" then falls back (the torch reference serves
+every layout). Index tensors may be strided too.
+
+Index dtypes. cache_lens, q_lens/n/new_lens, src_index, block_table, free_pages,
+free_count, target_lens and keep_lens may each be int32 or int64: the op converts every
+int64 one to int32 once on entry, after the range checks (lengths are bounded by the
+capacity, page ids by the number of pages), runs the backend on int32, and writes the
+tensors it mutates (cache_lens, block_table, free_pages, free_count) back into the
+caller's int64 tensors. Backends therefore only ever see int32 index tensors. Under
+CUDA-graph capture or TRIDIFF_CHECK_VALUES=0 the range checks are skipped, and int64
+values must then fit int32 (they always do for a valid cache).
 """
 from __future__ import annotations
 
@@ -26,13 +43,34 @@ import torch
 
 from tridiff import _checks as chk
 from tridiff import _dispatch
-from tridiff.ops._common import block_table_tensor, lens_tensor, pages_cover, per_row, run
+from tridiff.ops._common import pages_cover, per_row, run
 from tridiff.reference.slots import capacity
 from tridiff.reference.kv_cache import quadratic_verify_slots  # noqa: F401  (public helper)
 
 
-def _impl(op):
-    return lambda *args: _dispatch.implementation(op, args[-1])(*args[:-1])
+_INT32_MAX = 2**31 - 1
+
+
+def _index(arg, t, ndim, device=None):
+    """An int32 or int64 index tensor of `ndim` dimensions (see "Index dtypes")."""
+    chk.tensor(arg, t, ndim=ndim, dtypes=chk.INDEX_DTYPES, device=device)
+
+
+def _int32(t):
+    """`t` as int32: itself when it already is (no copy), else one converted copy."""
+    return t if t is None or t.dtype == torch.int32 else t.to(torch.int32)
+
+
+def _run(op, backend, device, args, custom_op, mutated=()):
+    """Run `op` on `args` with every index tensor at position `mutated` converted to
+    int32, then copy the results back into the caller's int64 tensors."""
+    converted = list(args)
+    for i in mutated:
+        converted[i] = _int32(args[i])
+    run(op, backend, device, tuple(converted), custom_op)
+    for i in mutated:
+        if converted[i] is not args[i]:
+            args[i].copy_(converted[i])
 
 
 # ---- torch.library registrations -------------------------------------------------------
@@ -94,9 +132,10 @@ def _check_write(k_cache, v_cache, k, v, cache_lens, q_lens, block_table):
         chk.tensor(name, x, ndim=4, dtypes=(k.dtype,), device=dev)
         chk.shape(name, x, (None, None, Hkv, D) if block_table is not None else (B, None, Hkv, D))
     chk.shape("v_cache", v_cache, tuple(k_cache.shape))
-    lens_tensor("cache_lens", cache_lens, B, dev)
+    _index("cache_lens", cache_lens, 1, dev)
+    chk.shape("cache_lens", cache_lens, (B,))
     if block_table is not None:
-        block_table_tensor(block_table, B, dev)
+        _check_table(block_table, B, dev)
     q_lens_t = per_row("q_lens", q_lens, B, dev, default=T)
     cap = capacity(k_cache, block_table)
     if chk.values_checkable(cache_lens) and not chk.is_fake(cache_lens):
@@ -105,54 +144,80 @@ def _check_write(k_cache, v_cache, k, v, cache_lens, q_lens, block_table):
     if block_table is not None:
         pages_cover(block_table, k_cache.shape[0], k_cache.shape[1], cache_lens + q_lens_t,
                     "receiving the new keys")
-    return (k_cache, v_cache, k, v, cache_lens, q_lens_t, block_table)
+    return (k_cache, v_cache, k, v, cache_lens, q_lens_t, _int32(block_table))
+
+
+def _check_table(block_table, B, dev):
+    _index("block_table", block_table, 2, dev)
+    if block_table.shape[0] != B:
+        chk.fail("block_table", f"shape [{B}, max_pages]", f"shape {tuple(block_table.shape)}")
 
 
 def kv_write_(k_cache, v_cache, k, v, cache_lens, *, q_lens=None, block_table=None, backend="auto"):
+    """Store k/v [B, T, Hkv, D] (rows b, tokens t < q_lens[b], default T) at positions
+    cache_lens[b] + t of the caches. Mutates k_cache, v_cache; cache_lens is read only."""
     args = _check_write(k_cache, v_cache, k, v, cache_lens, q_lens, block_table)
+    args = args[:4] + (_int32(cache_lens),) + args[5:]
     run("kv_write_", backend, k.device, args, _kv_write_op)
 
 
 def kv_append_(k_cache, v_cache, k, v, cache_lens, *, q_lens=None, block_table=None, backend="auto"):
+    """kv_write_, then cache_lens += q_lens (int32 or int64 cache_lens, updated in place)."""
     args = _check_write(k_cache, v_cache, k, v, cache_lens, q_lens, block_table)
-    run("kv_append_", backend, k.device, args, _kv_append_op)
+    _run("kv_append_", backend, k.device, args, _kv_append_op, mutated=(4,))
 
 
-def kv_commit_(cache_lens, n, *, capacity, backend="auto"):
-    """cache_lens += n (int or [B] tensor); refuses to pass `capacity` (Tmax or pages*page)."""
-    chk.tensor("cache_lens", cache_lens, ndim=1, dtypes=(torch.int32,))
+def kv_commit_(cache_lens, n, *, capacity=None, backend="auto"):
+    """cache_lens += n (n: int or [B] tensor, each >= 0). Metadata only.
+
+    capacity: the cache's tokens per row (KVCache/PagedKVCache.capacity, or
+    tridiff.reference.slots.capacity(k_cache, block_table)); the op refuses to pass it.
+    The op does not see the cache, so by default (None) it checks only that the new
+    lengths stay representable (<= 2**31 - 1); the ops that then read or write the
+    cache check cache_lens against its real capacity before touching it.
+    """
+    _index("cache_lens", cache_lens, 1)
     B = cache_lens.shape[0]
     n_t = per_row("n", n, B, cache_lens.device)
+    if capacity is not None and (isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 0):
+        chk.fail("capacity", "None or an int >= 0 (tokens per row)", repr(capacity))
+    limit, desc = (_INT32_MAX, "2**31 - 1") if capacity is None else (capacity, f"capacity {capacity}")
     if chk.values_checkable(cache_lens) and not chk.is_fake(cache_lens):
-        chk.lengths_in_range("n", n_t, 0, capacity - cache_lens, f"capacity {capacity} minus cache_lens")
-    run("kv_commit_", backend, cache_lens.device, (cache_lens, n_t), _kv_commit_op)
+        chk.lengths_in_range("n", n_t, 0, limit - cache_lens.long(), f"{desc} minus cache_lens")
+    _run("kv_commit_", backend, cache_lens.device, (cache_lens, n_t), _kv_commit_op, mutated=(0,))
 
 
 def kv_rollback_(cache_lens, new_lens, *, backend="auto"):
     """cache_lens = new_lens; each new length must lie in [0, current length]."""
-    chk.tensor("cache_lens", cache_lens, ndim=1, dtypes=(torch.int32,))
+    _index("cache_lens", cache_lens, 1)
     B = cache_lens.shape[0]
     new_t = per_row("new_lens", new_lens, B, cache_lens.device)
     if chk.values_checkable(cache_lens) and not chk.is_fake(cache_lens):
         chk.lengths_in_range("new_lens", new_t, 0, cache_lens, "the current cache_lens")
-    run("kv_rollback_", backend, cache_lens.device, (cache_lens, new_t), _kv_rollback_op)
+    _run("kv_rollback_", backend, cache_lens.device, (cache_lens, new_t), _kv_rollback_op, mutated=(0,))
 
 
 def kv_compact_(k_cache, v_cache, cache_lens, src_index, *, block_table=None, backend="auto"):
+    """Slot P+i of row b takes the old slot P+src_index[b, i] (P = cache_lens[b]; -1 keeps
+    the slot), in k_cache and v_cache, all reads before writes. Caches: [B, Tmax, Hkv, D]
+    or paged [num_pages, page, Hkv, D] + block_table, each optionally with a leading layer
+    dimension (every layer moves, one call). Mutates the caches; lengths are untouched."""
     chk.tensor("k_cache", k_cache, dtypes=chk.FLOAT_DTYPES)
     dev = k_cache.device
     chk.tensor("v_cache", v_cache, dtypes=(k_cache.dtype,), device=dev)
     chk.shape("v_cache", v_cache, tuple(k_cache.shape))
-    chk.tensor("cache_lens", cache_lens, ndim=1, dtypes=(torch.int32,), device=dev)
+    _index("cache_lens", cache_lens, 1, dev)
     B = cache_lens.shape[0]
     if block_table is None:
         if k_cache.dim() not in (4, 5) or k_cache.shape[-4] != B:
             chk.fail("k_cache", f"shape [B={B}, Tmax, Hkv, D] or [layers, B={B}, Tmax, Hkv, D]",
                      f"shape {tuple(k_cache.shape)}")
     else:
-        chk.tensor("k_cache", k_cache, ndim=4)
-        block_table_tensor(block_table, B, dev)
-    chk.tensor("src_index", src_index, ndim=2, dtypes=(torch.int32,), device=dev)
+        if k_cache.dim() not in (4, 5):
+            chk.fail("k_cache", "shape [num_pages, page, Hkv, D] or [layers, num_pages, page, Hkv, D]",
+                     f"shape {tuple(k_cache.shape)}")
+        _check_table(block_table, B, dev)
+    _index("src_index", src_index, 2, dev)
     if src_index.shape[0] != B:
         chk.fail("src_index", f"shape [B={B}, n]", f"shape {tuple(src_index.shape)}")
     n = src_index.shape[1]
@@ -168,18 +233,20 @@ def kv_compact_(k_cache, v_cache, cache_lens, src_index, *, block_table=None, ba
                      f"{int(src[b, i])} at row {b}, column {i} (limit {int(limit[b, 0])})")
     if block_table is not None:
         upto = cache_lens + torch.clamp(src_index.max(dim=1).values + 1, min=n) if n else cache_lens
-        pages_cover(block_table, k_cache.shape[0], k_cache.shape[1], upto, "read or written")
-    run("kv_compact_", backend, dev, (k_cache, v_cache, cache_lens, src_index, block_table), _kv_compact_op)
+        pages_cover(block_table, k_cache.shape[-4], k_cache.shape[-3], upto, "read or written")
+    args = (k_cache, v_cache, _int32(cache_lens), _int32(src_index), _int32(block_table))
+    run("kv_compact_", backend, dev, args, _kv_compact_op)
 
 
 def _check_pages(block_table, free_pages, free_count, lens, lens_name, page_size):
-    chk.tensor("block_table", block_table, ndim=2, dtypes=(torch.int32,))
+    _index("block_table", block_table, 2)
     dev = block_table.device
-    chk.tensor("free_pages", free_pages, ndim=1, dtypes=(torch.int32,), device=dev)
-    chk.tensor("free_count", free_count, ndim=1, dtypes=(torch.int32,), device=dev)
+    _index("free_pages", free_pages, 1, dev)
+    _index("free_count", free_count, 1, dev)
     chk.shape("free_count", free_count, (1,))
     B, max_pages = block_table.shape
-    lens_tensor(lens_name, lens, B, dev)
+    _index(lens_name, lens, 1, dev)
+    chk.shape(lens_name, lens, (B,))
     if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
         chk.fail("page_size", "a positive int", page_size)
     if chk.values_checkable(lens) and not chk.is_fake(lens):
@@ -205,11 +272,11 @@ def paged_reserve_(block_table, free_pages, free_count, target_lens, *, page_siz
         have = int(free_count.detach().cpu()[0])
         if need > have:
             chk.fail("target_lens", f"at most {have} more pages in total (the free pages)", f"{need} pages")
-    args = (block_table, free_pages, free_count, target_lens, int(page_size))
-    run("paged_reserve_", backend, block_table.device, args, _paged_reserve_op)
+    args = (block_table, _int32(free_pages), free_count, _int32(target_lens), int(page_size))
+    _run("paged_reserve_", backend, block_table.device, args, _paged_reserve_op, mutated=(0, 2))
 
 
 def paged_release_(block_table, free_pages, free_count, keep_lens, *, page_size, backend="auto"):
     _check_pages(block_table, free_pages, free_count, keep_lens, "keep_lens", page_size)
-    args = (block_table, free_pages, free_count, keep_lens, int(page_size))
-    run("paged_release_", backend, block_table.device, args, _paged_release_op)
+    args = (block_table, free_pages, free_count, _int32(keep_lens), int(page_size))
+    _run("paged_release_", backend, block_table.device, args, _paged_release_op, mutated=(0, 1, 2))

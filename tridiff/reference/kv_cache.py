@@ -1,9 +1,11 @@
 """Reference KV-cache management. All ops are in place and sync-free.
 
-Cache layouts: contiguous [B, Tmax, Hkv, D] (kv_compact_ also takes a leading
-layer dimension [layers, B, Tmax, Hkv, D] to move every layer in one call), or
-paged [num_pages, page, Hkv, D] with block_table [B, max_pages] int32 (-1 = no page).
-cache_lens [B] int32 is the committed length P of each row.
+Cache layouts: contiguous [B, Tmax, Hkv, D], or paged [num_pages, page, Hkv, D] with
+block_table [B, max_pages] (-1 = no page); kv_compact_ also takes either with a leading
+layer dimension ([layers, B, Tmax, Hkv, D] or [layers, num_pages, page, Hkv, D], one
+block table for every layer) to move every layer in one call. cache_lens [B] is the
+committed length P of each row. Any strides (the ops index through the views); index
+tensors int32 or int64, mutated ones keep their dtype.
 
 Paged pages come from a stack: free_pages [num_pages] int32 whose first
 free_count[0] entries are the free page ids.
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from tridiff.reference.slots import capacity, physical_index, write_rows
+from tridiff.reference.slots import write_rows
 
 
 def kv_write_(k_cache, v_cache, k, v, cache_lens, q_lens, block_table) -> None:
@@ -58,12 +60,16 @@ def _compact_one(cache, cache_lens, src_index, block_table):
     keep = src < 0
     src_pos = P + torch.where(keep, i, src)
     dst_pos = P + i
-    if block_table is None:
-        moved = cache[..., rows, src_pos, :, :].clone()
-        cache[..., rows, dst_pos, :, :] = moved
-    else:
-        moved = cache[physical_index(cache, block_table, rows, src_pos)].clone()
-        cache[physical_index(cache, block_table, rows, dst_pos)] = moved
+    def at(pos):  # the slots in every layer: [..., row or page, slot, :, :]
+        if block_table is None:
+            where = (rows, pos)
+        else:
+            page = cache.shape[-3]
+            where = (block_table.long()[rows, torch.div(pos, page, rounding_mode="floor")], pos % page)
+        return (Ellipsis,) + where + (slice(None), slice(None))
+
+    moved = cache[at(src_pos)].clone()
+    cache[at(dst_pos)] = moved
 
 
 def quadratic_verify_slots(L: int, batch: int, device=None) -> torch.Tensor:

@@ -1,6 +1,9 @@
 """Triton launchers for the KV-cache ops (same positional signatures as the reference).
 
 Launch choices (see kernels/kv_cache.py for the kernels):
+Stride rule: caches and k/v are addressed through all their strides (any view); index
+tensors are made contiguous where read; the page ops need unit-stride, int32 tables
+(refused otherwise). tridiff.ops converts int64 index tensors before dispatch.
 - kv_write_/kv_append_: grid (B, cdiv(T, BLOCK_T)); a program copies BLOCK_T tokens of a
   row, looping over the Hkv*D features in chunks of at most 1024 (tile <= 4096 elements,
   wide enough for 16-byte vector accesses, small enough for registers). No host sync:
@@ -84,10 +87,7 @@ def kv_rollback_(cache_lens, new_lens) -> None:
 
 
 def supports_kv_compact_(k_cache, v_cache, cache_lens, src_index, block_table):
-    reason = device_reason(k_cache, v_cache, cache_lens, src_index, block_table) or _copy_dtype_reason(k_cache)
-    if reason is None and block_table is not None and k_cache.dim() != 4:
-        reason = "a paged cache must be 4-D [num_pages, page, Hkv, D]"
-    return reason
+    return device_reason(k_cache, v_cache, cache_lens, src_index, block_table) or _copy_dtype_reason(k_cache)
 
 
 def kv_compact_(k_cache, v_cache, cache_lens, src_index, block_table) -> None:
@@ -110,7 +110,7 @@ def kv_compact_(k_cache, v_cache, cache_lens, src_index, block_table) -> None:
     lens, src_index = cache_lens.contiguous(), src_index.contiguous()
     bt = block_table.contiguous() if paged else lens
     s_bt = bt.stride(0) if paged else 0
-    page = k_cache.shape[1] if paged else 1
+    page = k_cache.shape[-3] if paged else 1
     common = (lens, src_index, bt, B, n, HD, page, src_index.stride(0), s_bt,
               *strides(k_cache), *strides(v_cache))
     meta = dict(D=D, PAGED=paged, BLOCK_N=block_n, BLOCK_HD=block_hd)
@@ -139,6 +139,8 @@ def supports_paged_reserve_(block_table, free_pages, free_count, target_lens, pa
     reason = device_reason(block_table, free_pages, free_count, target_lens)
     if reason is None and (block_table.stride(1) != 1 or free_pages.stride(0) != 1):
         reason = "block_table columns and free_pages must have unit stride (they are written in place)"
+    if reason is None and any(t.dtype != torch.int32 for t in (block_table, free_pages, free_count)):
+        reason = "block_table, free_pages and free_count must be int32 (page ids move between them in place)"
     return reason
 
 
