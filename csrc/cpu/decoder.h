@@ -22,6 +22,7 @@ struct DecoderLayerPtrs {
   const void* down;     // [H, I]
   const void* lora_a;   // [rank, Hq D] or nullptr
   const void* lora_b;   // [H, rank]    or nullptr
+  int64_t lora_rank;    // this layer's rank (PEFT adapters may differ per layer); 0 without LoRA
 };
 
 struct DecoderArgs {
@@ -33,17 +34,23 @@ struct DecoderArgs {
   const void* q_scale;  // [rows] llama-4 query scale
   const void* final_norm;  // [H] or nullptr: x <- rms_norm(x, final_norm) after the last layer
   const DecoderLayerPtrs* layers;
-  int64_t num_layers, H, I, lora_rank;
+  int64_t num_layers, H, I;
   double eps, lora_scale;
+  int threads;          // OpenMP team size of the parallel GEMMs (the caller's torch.get_num_threads())
   AttnArgs attn_args;   // caches of layer 0, metadata, B/Tq/Hq/Hkv/D; q/k/v/out are set per layer
   int64_t layer_bytes;  // bytes between consecutive layers' k (and v) caches
 };
 
-// kOk, kBadArgument (inconsistent sizes) or kBadDtype (fp32 and fp64 only).
+// kOk, kBadArgument (inconsistent sizes, a LoRA pointer without its pair or rank, threads
+// < 1) or kBadDtype (fp32 and fp64 only).
 int decoder_layers_cpu(const DecoderArgs& a, int dtype);
 
 // Which build of the GEMM panels runs: "avx2+fma" or "baseline" (x86-64 without AVX2, other
 // CPUs, or TRIDIFF_CPU_GEMM=base).
 const char* decoder_gemm_build();
+
+// The largest OpenMP team a GEMM of the last stack call ran on (0: no GEMM ran; 1 where
+// OpenMP is off). Tests read it to check that torch.set_num_threads reaches the stack.
+int decoder_last_team_size();
 
 }  // namespace td

@@ -1,10 +1,12 @@
 // CPU decoder layers in one call (decoder.h). Projections are register-tiled dot products
 // over the weight rows (decoder_gemm.inc), parallel over output features; the rest is
-// scalar loops over a few rows. Only the GEMM panels are compiled for AVX2+FMA: their
-// sums are not compared bit for bit with torch (F.linear's BLAS uses FMAs too), so
-// contraction is allowed there and nowhere else in this build (csrc/README.md, "Rounding").
+// scalar loops over a few rows. The whole build is -ffp-contract=off (csrc_build.py): the
+// GEMM panels' FMA copy uses explicit fused multiply-adds (their sums are not compared bit
+// for bit with torch; F.linear's BLAS uses FMAs too) and nothing else is ever contracted
+// (csrc/README.md, "Rounding").
 #include "decoder.h"
 
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -22,19 +24,24 @@
 namespace td {
 namespace {
 
-// The GEMM panels (decoder_gemm.inc) twice: for AVX2+FMA and for baseline x86-64; the
-// first is taken when the CPU has both.
+// The GEMM panels (decoder_gemm.inc) twice: for AVX2+FMA (x86 with GCC or Clang, through
+// the target attribute) and baseline; the first is taken when the CPU has both.
 namespace avx2 {
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
+#define TD_PANEL_TARGET __attribute__((target("avx2,fma")))
+#define TD_PANEL_FMA 1
 #include "decoder_gemm.inc"
-#pragma GCC pop_options
+#undef TD_PANEL_TARGET
+#undef TD_PANEL_FMA
 #define TD_HAVE_AVX2_PANELS 1
 #endif
 }  // namespace avx2
 namespace base {
+#define TD_PANEL_TARGET
+#define TD_PANEL_FMA 0
 #include "decoder_gemm.inc"
+#undef TD_PANEL_TARGET
+#undef TD_PANEL_FMA
 }  // namespace base
 
 // Asked once, on first use (not at load: __builtin_cpu_init must have run first).
@@ -68,16 +75,37 @@ inline void run_panel(const double* in, int64_t rows, int64_t K, const double* W
   base::panel_f64(in, rows, K, W, n, out, ldo);
 }
 
-// out[rows, N] = in[rows, K] W[N, K]^T, output features split across threads in chunks
-// of 16 (a multiple of every tile width), in parallel only when there is enough work to
-// pay for waking the threads.
+// A GEMM runs on the OpenMP team only from this many multiply-adds (rows x N x K) on:
+// below it, waking the second thread costs more than it saves. 1 << 16 (65536 MACs, ~2-4
+// us of one AVX2 core at the panels' 37-51 GMAC/s) is set from that estimate, not yet
+// from a measured sweep (bench/NOTES.md, "CPU layer stack: the parallel threshold").
+constexpr int64_t kParallelMinMacs = int64_t(1) << 16;
+
+// The largest OpenMP team a GEMM of the last stack call ran on (decoder_last_team_size).
+std::atomic<int> last_team_size{0};
+inline void note_team(int size) {
+  if (size > last_team_size.load(std::memory_order_relaxed)) last_team_size.store(size, std::memory_order_relaxed);
+}
+
+// out[rows, N] = in[rows, K] W[N, K]^T, output features split across `threads` threads in
+// chunks of 16 (a multiple of every tile width), in parallel only from kParallelMinMacs on.
+// Each chunk's result is the same whichever thread computes it.
 template <typename T>
-void linear(const T* in, int64_t rows, int64_t K, const T* W, int64_t N, T* out) {
+void linear(const T* in, int64_t rows, int64_t K, const T* W, int64_t N, T* out, int threads) {
   const int64_t chunk = 16, chunks = (N + chunk - 1) / chunk;
-#pragma omp parallel for schedule(static) if (rows * N * K >= (1 << 16))
-  for (int64_t c = 0; c < chunks; ++c) {
-    const int64_t n0 = c * chunk, n = N - n0 < chunk ? N - n0 : chunk;
-    run_panel(in, rows, K, W + n0 * K, n, out + n0, N);
+  const bool parallel = threads > 1 && rows * N * K >= kParallelMinMacs;
+#pragma omp parallel num_threads(threads) if (parallel)
+  {
+#ifdef _OPENMP
+    if (omp_get_thread_num() == 0) note_team(omp_get_num_threads());
+#else
+    note_team(1);
+#endif
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int64_t n0 = c * chunk, n = N - n0 < chunk ? N - n0 : chunk;
+      run_panel(in, rows, K, W + n0 * K, n, out + n0, N);
+    }
   }
 }
 
@@ -126,11 +154,14 @@ int decoder_layers(const DecoderArgs& a, int dtype) {
   const T* sin = static_cast<const T*>(a.sin);
   const T* q_scale = static_cast<const T*>(a.q_scale);
   // h: normed input; y: a sublayer's output; gu: gate|up; lo: LoRA's rank-wide middle
-  std::vector<T> h(rows * H), y(rows * H), gu(rows * 2 * I), act(rows * I), lo(rows * (a.lora_rank > 0 ? a.lora_rank : 1));
+  int64_t max_rank = 1;
+  for (int64_t l = 0; l < a.num_layers; ++l) max_rank = a.layers[l].lora_rank > max_rank ? a.layers[l].lora_rank : max_rank;
+  std::vector<T> h(rows * H), y(rows * H), gu(rows * 2 * I), act(rows * I), lo(rows * max_rank);
+  const int nt = a.threads;
   for (int64_t l = 0; l < a.num_layers; ++l) {
     const DecoderLayerPtrs& w = a.layers[l];
     rms_norm(x, static_cast<const T*>(w.norm1), rows, H, a.eps, h.data());
-    linear(h.data(), rows, H, static_cast<const T*>(w.qkv), width, qkv);
+    linear(h.data(), rows, H, static_cast<const T*>(w.qkv), width, qkv, nt);
     rotary(qkv, rows, Hq, Hkv, D, cos, sin, q_scale);
 
     AttnArgs aa = at;
@@ -145,23 +176,23 @@ int decoder_layers(const DecoderArgs& a, int dtype) {
     const int code = CpuImpl::attention(aa, dtype, nullptr);   // its argument rules: checked up front
     if (code != kOk) return code;
 
-    linear(attn, rows, qd, static_cast<const T*>(w.o), H, y.data());
-    if (w.lora_a != nullptr) {
-      linear(attn, rows, qd, static_cast<const T*>(w.lora_a), a.lora_rank, lo.data());
-      linear(lo.data(), rows, a.lora_rank, static_cast<const T*>(w.lora_b), H, h.data());
+    linear(attn, rows, qd, static_cast<const T*>(w.o), H, y.data(), nt);
+    if (w.lora_a != nullptr) {   // this layer's own rank
+      linear(attn, rows, qd, static_cast<const T*>(w.lora_a), w.lora_rank, lo.data(), nt);
+      linear(lo.data(), rows, w.lora_rank, static_cast<const T*>(w.lora_b), H, h.data(), nt);
       const T scale = (T)a.lora_scale;
       for (int64_t i = 0; i < rows * H; ++i) y[i] = y[i] + h[i] * scale;
     }
     for (int64_t i = 0; i < rows * H; ++i) x[i] = x[i] + y[i];
 
     rms_norm(x, static_cast<const T*>(w.norm2), rows, H, a.eps, h.data());
-    linear(h.data(), rows, H, static_cast<const T*>(w.gate_up), 2 * I, gu.data());
+    linear(h.data(), rows, H, static_cast<const T*>(w.gate_up), 2 * I, gu.data(), nt);
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t i = 0; i < I; ++i) {
         const T g = gu[r * 2 * I + i];
         act[r * I + i] = (g / ((T)1 + std::exp(-g))) * gu[r * 2 * I + I + i];
       }
-    linear(act.data(), rows, I, static_cast<const T*>(w.down), H, y.data());
+    linear(act.data(), rows, I, static_cast<const T*>(w.down), H, y.data(), nt);
     for (int64_t i = 0; i < rows * H; ++i) x[i] = x[i] + y[i];
   }
   if (a.final_norm != nullptr) {
@@ -175,18 +206,21 @@ int decoder_layers(const DecoderArgs& a, int dtype) {
 
 const char* decoder_gemm_build() { return have_avx2() ? "avx2+fma" : "baseline"; }
 
+int decoder_last_team_size() { return last_team_size.load(std::memory_order_relaxed); }
+
 int decoder_layers_cpu(const DecoderArgs& a, int dtype) {
   // Every argument rule before the first write to x or the caches (the attention's own
   // included), so a refused call leaves both as they were.
   const AttnArgs& at = a.attn_args;
-  if (a.num_layers < 0 || a.H <= 0 || a.I <= 0 || at.D % 2 != 0 || at.Hkv <= 0 || at.Hq % at.Hkv != 0 ||
-      attn_group(at) > kAttnBlockM || at.num_splits < 1)
+  if (a.num_layers < 0 || a.H <= 0 || a.I <= 0 || at.D % 2 != 0 || at.Hkv <= 0 || at.Hq <= 0 ||
+      at.Hq % at.Hkv != 0 || attn_group(at) > kAttnBlockM || at.num_splits < 1 || a.threads < 1)
     return kBadArgument;
-  for (int64_t l = 0; l < a.num_layers; ++l) {
+  for (int64_t l = 0; l < a.num_layers; ++l) {   // a LoRA is both pointers and a rank > 0, or none of them
     const DecoderLayerPtrs& w = a.layers[l];
-    if ((w.lora_a == nullptr) != (w.lora_b == nullptr) || (w.lora_a != nullptr && a.lora_rank <= 0))
-      return kBadArgument;
+    const bool has = w.lora_a != nullptr;
+    if (has != (w.lora_b != nullptr) || has != (w.lora_rank > 0) || w.lora_rank < 0) return kBadArgument;
   }
+  last_team_size.store(0, std::memory_order_relaxed);
   if (at.B * at.Tq == 0) return kOk;
   if (dtype == kF32) return decoder_layers<float>(a, dtype);
   if (dtype == kF64) return decoder_layers<double>(a, dtype);

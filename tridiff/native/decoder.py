@@ -11,6 +11,7 @@ from tridiff import _ext
 from tridiff.layer_math import rms_norm
 from tridiff.native.attention import AttentionOps
 from tridiff.native.base import ptr
+from tridiff.reference.decoder import WEIGHTS_PER_LAYER
 
 DECODER_DTYPES = (torch.float32, torch.float64)
 
@@ -53,7 +54,15 @@ class DecoderOps(AttentionOps):
         Hkv, D = k_cache.shape[-2:]
         Hq = weights[2].shape[1] // D
         I = weights[4].shape[0] // 2
-        rank = weights[6].shape[0] if weights[6] is not None else 0
+        # each layer's own LoRA rank (PEFT's rank_pattern / layers_to_transform); a rank-0
+        # adapter adds nothing and goes as no LoRA (an empty tensor may have no storage)
+        pointers, ranks = [], []
+        for i in range(0, len(weights), WEIGHTS_PER_LAYER):
+            lora_a, lora_b = weights[i + 6], weights[i + 7]
+            rank = lora_a.shape[0] if lora_a is not None else 0
+            ranks.append(rank)
+            pointers += [ptr(w) for w in weights[i:i + 6]]
+            pointers += [lora_a.data_ptr(), lora_b.data_ptr()] if rank else [0, 0]
         qkv = torch.empty((B * T, (Hq + 2 * Hkv) * D), dtype=x.dtype)
         attn = torch.empty((B * T, Hq * D), dtype=x.dtype)
         # layer 0's caches stand for every layer's (same layout, layer_bytes apart)
@@ -61,7 +70,7 @@ class DecoderOps(AttentionOps):
                              x.dtype, x.device)
         self.lib().decoder_layers(
             _ext.dtype_code(x.dtype), x.data_ptr(), qkv.data_ptr(), attn.data_ptr(), cos.data_ptr(), sin.data_ptr(),
-            q_scale.data_ptr(), [ptr(w) for w in weights], H, I, rank, float(eps), float(lora_scale),
+            q_scale.data_ptr(), pointers, ranks, H, I, float(eps), float(lora_scale), torch.get_num_threads(),
             k_cache.data_ptr(), v_cache.data_ptr(), k_cache.stride(0) * k_cache.element_size(),
             m.cache_lens.data_ptr(), m.modes.data_ptr(), m.mode_args.data_ptr(), m.q_lens.data_ptr(), *m.layout,
             B, T, Hq, Hkv, D, float(softmax_scale) * math.log2(math.e), bool(write_kv), m.num_splits, ptr(m.ws_o),

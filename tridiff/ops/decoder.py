@@ -82,6 +82,9 @@ class DecoderWeights(tuple):
             chk.tensor(f"weights[2] ({_NAMES[2]} of layer 0)", first, ndim=2, dtypes=chk.FLOAT_DTYPES)
             self.dtype, self.device = first.dtype, first.device
             self.hidden, self.q_width = first.shape
+            if not self.hidden or not self.q_width:   # no hidden size or no query head: nothing to run
+                chk.fail(f"weights[2] ({_NAMES[2]} of layer 0)", "shape [H, Hq D] with H > 0 and Hq D > 0",
+                         f"shape {tuple(first.shape)}")
             qkv_rows = weights[1].shape[0] if isinstance(weights[1], torch.Tensor) else 0
             self.kv_width = (qkv_rows - self.q_width) // 2
         for i in range(self.layers):
@@ -101,6 +104,8 @@ class DecoderWeights(tuple):
             chk.fail(name(7 if lora_b is None else 6), "LoRA A and B both given or both None", "only one of them")
         H, Q, KV = self.hidden, self.q_width, self.kv_width
         I = layer[4].shape[0] // 2
+        if not I:
+            chk.fail(name(4), "shape [2 I, H] with I > 0 (gate and up rows)", f"shape {tuple(layer[4].shape)}")
         r = lora_a.shape[0] if lora_a is not None else 0
         want = ((H,), (Q + 2 * KV, H), (H, Q), (H,), (2 * I, H), (H, I), (r, Q), (H, r))
         for j, (w, shape) in enumerate(zip(layer, want)):
