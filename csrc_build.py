@@ -106,6 +106,37 @@ def _build_info_dir(name: str, torch, archs: str = "") -> str:
     return out
 
 
+# -ffp-contract=off: no a * b + c is fused unless the source says so (the GEMM panels'
+# explicit FMAs, csrc/cpu/decoder_gemm.inc), whatever -march or target a build adds
+# (aarch64 and -march=native have FMA): the bit-exact paths round like torch.
+CPP_COMPILE_ARGS = ["-std=c++17", "-O3", "-fopenmp", "-ffp-contract=off", "-fvisibility=hidden"]
+
+
+def torch_openmp_library(torch):
+    """(directory, file name) of the OpenMP runtime the torch wheel ships (torch/lib or
+    auditwheel's torch.libs, possibly under a hashed name), or None (torch uses the
+    system's)."""
+    base = os.path.dirname(torch.__file__)
+    for d in (os.path.join(base, "lib"), os.path.join(os.path.dirname(base), "torch.libs")):
+        found = sorted(glob.glob(os.path.join(d, "libgomp*.so*")))
+        if found:
+            return d, os.path.basename(found[0])
+    return None
+
+
+def openmp_link_args(torch) -> list:
+    """Link the extension to torch's own OpenMP runtime where torch ships one, so one
+    process maps one libgomp whatever the import order (the dynamic loader reuses a library
+    by its soname, and a bundled runtime may carry a hashed soname that the system's
+    libgomp.so.1 would not match); the system runtime (-fopenmp) otherwise.
+    tests/cpp/test_openmp.py checks the result."""
+    found = torch_openmp_library(torch) if torch is not None else None
+    if found is None:
+        return ["-fopenmp"]
+    directory, name = found
+    return [f"-L{directory}", f"-l:{name}", f"-Wl,-rpath,{directory}", "-pthread"]
+
+
 def cpp_extension_module(optional: bool):
     from setuptools import Extension
 
@@ -115,8 +146,8 @@ def cpp_extension_module(optional: bool):
         sources=CPP_SOURCES,
         depends=CPP_DEPENDS,
         include_dirs=["csrc", _pybind11_include(), _build_info_dir("cpp", torch)],
-        extra_compile_args=["-std=c++17", "-O3", "-fopenmp", "-fvisibility=hidden"],
-        extra_link_args=["-fopenmp"],
+        extra_compile_args=CPP_COMPILE_ARGS,
+        extra_link_args=openmp_link_args(torch),
         language="c++",
         optional=optional,
     )
