@@ -51,6 +51,7 @@ class ServeState:
         self.default_strategy = default_strategy
         self.vocab_size = engine.model.config.vocab_size
         self.eos_id = engine.model.config.eos_token_id
+        self.max_context = getattr(engine, "max_context", None)
         self.inflight = 0
         self.created = P.now()
 
@@ -74,6 +75,10 @@ class ServeState:
             ids = req.prompt
         if not ids:
             raise P.ProtocolError("prompt: encodes to no tokens", param="prompt")
+        max_new = req.engine_args["max_new_tokens"]
+        if self.max_context is not None and max_new >= self.max_context:
+            raise P.ProtocolError(f"max_tokens: expected an integer in [1, {self.max_context - 1}] (the engine's "
+                                  f"context is {self.max_context} positions), got {max_new}", param="max_tokens")
         for name, seq in (("prompt", ids), ("stop", req.engine_args["stop_ids"])):
             bad = [t for t in seq if t >= self.vocab_size]
             if bad:

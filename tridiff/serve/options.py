@@ -77,5 +77,8 @@ def serve_main(args, model_dir: str) -> int:
                        strategy=args.strategy, device=args.device, dtype=args.dtype, max_rows=args.max_rows,
                        num_pages=args.num_pages, page_size=args.page_size, max_context=args.max_context,
                        prefill_chunk=args.prefill_chunk, backend=args.backend)
-    run(state, host=args.host, port=args.port, log_level=args.log_level)
+    try:
+        run(state, host=args.host, port=args.port, log_level=args.log_level)
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it shut down on
+        pass
     return 0
