@@ -180,3 +180,63 @@ def test_generate_corrupt_checkpoint_is_one_line(tmp_path, ckpt, capsys):
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert "model.safetensors" in err and "not a readable safetensors file" in err
 
+
+
+def _help(capsys, command):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    return " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("argv,env,needle", [
+    pytest.param(["--backend", "cuda"], {}, "backend 'cuda'", id="backend-cuda"),
+    pytest.param([], {"TRIDIFF_BACKEND": "cuda"}, "TRIDIFF_BACKEND=cuda", id="env-cuda"),
+    pytest.param([], {"TRIDIFF_BACKEND": "gpu"}, "TRIDIFF_BACKEND: expected one of", id="env-unknown"),
+])
+def test_a_backend_that_cannot_serve_is_one_line(ckpt, capsys, monkeypatch, argv, env, needle):
+    """A backend that cannot take a CPU model (cuda: not built, or CPU tensors) is a bad
+    argument like any other: one line on stderr, exit status 2, no traceback."""
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    rc, out, err = _run(capsys, "generate", "--model", ckpt, "--prompt-ids", "1,2,3", "--mode", "ar",
+                        "--max-new-tokens", "2", "--device", "cpu", *argv)
+    assert rc == 2 and out == "", err
+    assert len(err.strip().splitlines()) == 1 and needle in err and "Traceback" not in err
+
+
+def test_every_backend_is_offered(ckpt, capsys):
+    """--backend offers auto and every backend of the dispatcher (sdpa: what auto runs
+    attention on, on CPU), and a named one runs."""
+    from tridiff import _dispatch
+
+    text = _help(capsys, "generate")
+    offered = text.split("--backend {", 1)[1].split("}", 1)[0].split(",")
+    assert offered == ["auto", *_dispatch.BACKENDS]
+    rc, out, err = _run(capsys, "generate", "--model", ckpt, "--prompt-ids", "1,2,3", "--mode", "linear-spec",
+                        "--max-new-tokens", "4", "--block-length", "4", "--device", "cpu", "--backend", "sdpa",
+                        "--json")
+    assert rc == 0, err
+    assert len(json.loads(out)["results"][0]["tokens"]) >= 4
+
+
+def test_forced_sdpa_generates_with_the_bundled_model(capsys, monkeypatch):
+    """The issue's reproduction: TRIDIFF_BACKEND=sdpa tridiff generate --prompt x."""
+    monkeypatch.setenv("TRIDIFF_BACKEND", "sdpa")
+    rc, out, err = _run(capsys, "generate", "--prompt", "x", "--max-new-tokens", "4", "--mode", "ar")
+    assert rc == 0 and "Traceback" not in err, err
+    assert "ids:" in out
+
+
+def test_block_defaults_name_the_model_block_size(capsys):
+    """The block defaults come from the model (the bundled one's is 16, the config
+    class's 32): the help says so instead of printing a number."""
+    from tridiff import models
+    from tridiff.config import ModelConfig
+
+    bundled = ModelConfig.from_json(os.path.join(models.path(), "config.json")).block_length
+    for command, option in (("generate", "--block-length"), ("demo", "--max-new-tokens")):
+        text = _help(capsys, command)
+        entry = text.rsplit(option, 1)[1].split(" --", 1)[0]   # the options list, not the usage
+        assert "block_size" in entry, (command, entry)
+        assert not any(str(n) in entry.split() or f"({n})" in entry for n in {32, bundled}), (command, entry)

@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="comma-separated token ids; repeat for a batch")
     g.add_argument("--mode", default="linear-spec", choices=MODES)
     g.add_argument("--max-new-tokens", type=int, default=64)
-    g.add_argument("--block-length", type=int, default=None, help="default: the config's block_length (32)")
+    g.add_argument("--block-length", type=int, default=None, help="default: the model's block_size (config.json)")
     g.add_argument("--threshold", type=float, default=None,
                    help="diffusion confidence threshold (default 0.9) / linear draft threshold (default 0)")
     g.add_argument("--temperature", type=float, default=0.0)
@@ -65,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     g.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
                    help="default: the model's own choice for the device")
-    g.add_argument("--backend", default="auto", choices=("auto", "torch", "triton", "cuda", "cpp"))
+    g.add_argument("--backend", default="auto", choices=("auto", "torch", "triton", "cuda", "cpp", "sdpa"),
+                   help="the ops' backend (auto: the fastest that serves each call; sdpa: CPU attention)")
     g.add_argument("--eos-check-every", type=int, default=1)
     g.add_argument("--cuda-graphs", choices=("auto", "on", "off"), default="auto",
                    help="replay each AR / self-speculation iteration as a CUDA graph: auto = on for a "
@@ -74,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="complete held-out Python prompts with the bundled model in all four modes")
     d.add_argument("--model", default=None, help="checkpoint directory or bundled model name (default: bundled)")
-    d.add_argument("--max-new-tokens", type=int, default=64, help="a multiple of the block (16)")
+    d.add_argument("--max-new-tokens", type=int, default=64, help="a multiple of the model's block_size")
 
     q = sub.add_parser("quantize", help="write a GPTQ-layout int4/int8 copy of a checkpoint (round-to-nearest)")
     from tridiff.quant.export import add_arguments as quantize_arguments
@@ -125,10 +126,19 @@ def main(argv=None) -> int:
     except UsageError as exc:
         print(str(exc).splitlines()[0] if str(exc) else "tridiff: bad arguments", file=sys.stderr)
         return 2
-    except (ValueError, OSError, ImportError) as exc:  # TridiffInputError is a ValueError
+    except (ValueError, OSError, ImportError, RuntimeError) as exc:  # TridiffInputError is a ValueError
+        if isinstance(exc, RuntimeError) and not _refusal(exc):
+            raise
         msg = " ".join(str(exc).split()) or type(exc).__name__
         print(f"tridiff: error: {msg}", file=sys.stderr)
         return 2
+
+
+def _refusal(exc: RuntimeError) -> bool:
+    """A backend that cannot serve (--backend, TRIDIFF_BACKEND): a bad argument, not a bug."""
+    from tridiff._dispatch import BackendUnavailable
+
+    return isinstance(exc, BackendUnavailable)
 
 
 def _resolve_model(model) -> str:
