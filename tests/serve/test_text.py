@@ -65,3 +65,14 @@ def test_earliest_stop_wins(tok):
 def test_without_tokenizer_text_is_empty():
     ts, pieces = _stream(None, [5, 6, 7])
     assert pieces == ["", "", "", ""] and ts.ids == [5, 6, 7]
+
+
+@pytest.mark.parametrize("stops", [(), ("return",)])
+def test_not_incremental_decodes_at_finish(tok, stops):
+    ids = tok.encode("def f(x):\n    return x\n", add_bos=False)
+    ts = TextStream(tok, stops, incremental=False)
+    pieces = [ts.feed([i]) for i in ids] + [ts.finish()]
+    if stops:  # stop strings still need the text as it grows
+        assert ts.stopped and "".join(pieces) == "def f(x):\n    "
+    else:
+        assert pieces[:-1] == [""] * len(ids) and pieces[-1] == tok.decode(ids)

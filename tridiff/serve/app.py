@@ -129,7 +129,7 @@ class _Generation:
 
     def __init__(self, state: ServeState, req: P.GenerationRequest, lease: _Lease, prompt_len: int):
         self.state, self.req, self.lease = state, req, lease
-        self.text = TextStream(state.tokenizer, req.stop_strings)
+        self.text = TextStream(state.tokenizer, req.stop_strings, incremental=req.stream)
         self.prompt_len = prompt_len
         self.id = P.new_id(req.chat)
         self.created = P.now()

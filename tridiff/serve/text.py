@@ -6,6 +6,8 @@ that does not end in a partial UTF-8 character (decode gives U+FFFD there; held 
 the next token completes it). When a stop string appears, the text ends just before it
 and `stopped` is set: the caller aborts the request in the engine and answers
 finish_reason "stop". Without a tokenizer the text is always "" (ids only).
+incremental=False (a whole answer, not a stream): without stop strings nothing is
+decoded before finish(), which decodes once.
 """
 from __future__ import annotations
 
@@ -15,9 +17,10 @@ _REPLACEMENT = "\ufffd"
 
 
 class TextStream:
-    def __init__(self, tokenizer, stop_strings=()):
+    def __init__(self, tokenizer, stop_strings=(), *, incremental: bool = True):
         self._tok = tokenizer
         self._stops = tuple(stop_strings)
+        self._incremental = incremental  # False: no text before finish() (unless stop strings need it)
         self.ids: list[int] = []
         self.sent = 0            # characters of the decoded text already returned
         self.stopped = False     # a stop string was found
@@ -42,6 +45,8 @@ class TextStream:
                     out, self.sent = self._text[self.sent:cut], cut
                     return out
         if not self._stops:
+            if not self._incremental:
+                return ""
             self._text = self._decode()
         safe = self._safe_end(self._text)
         out = self._text[self.sent:safe] if safe > self.sent else ""
