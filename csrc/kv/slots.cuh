@@ -24,8 +24,11 @@ TD_HD int64_t slot_offset(const CacheLayout& c, int64_t b, int64_t pos) {
 }
 
 // Byte offset, from a token's start, of feature byte `byte` (< heads * head_bytes).
-// The copy unit divides head_bytes, so a unit never straddles two runs.
+// The copy unit divides head_bytes, so a unit never straddles two runs. Dense slabs
+// (one run, or runs back to back) skip the 64-bit division: the launch-uniform branch
+// keeps the common layout's cost what it was before runs existed.
 TD_HD int64_t run_offset(int64_t byte, int64_t head_bytes, int64_t head_stride) {
+  if (head_stride == head_bytes) return byte;
   return (byte / head_bytes) * head_stride + byte % head_bytes;
 }
 

@@ -90,13 +90,6 @@ def _expect(store, view, run_dense):
     return want
 
 
-def _call(op, backend, *args, **kw):
-    if backend == "auto":
-        op(*args, **kw, backend="auto")
-        return
-    op(*args, **kw, backend=backend)
-
-
 # ---- kv_write_ / kv_append_ ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -121,7 +114,7 @@ def test_write_views(backend, append, paged, cache_kind, src_kind):
                                                       q_lens, table))
     want_v = _expect(vs, vc, lambda c: ref.kv_write_(c.clone(), c, k.contiguous(), v.contiguous(), lens,
                                                       q_lens, table))
-    _call(getattr(ops, op_name), backend, kc, vc, k, v, lens, q_lens=q_lens, block_table=table)
+    getattr(ops, op_name)(kc, vc, k, v, lens, q_lens=q_lens, block_table=table, backend=backend)
     assert torch.equal(ks, want_k), "k storage"
     assert torch.equal(vs, want_v), "v storage"
     assert lens.tolist() == ([4, 6] if append else [1, 4])
@@ -142,7 +135,7 @@ def test_write_mixed_k_and_v_cache_layouts(backend):
                                                       q_lens, None))
     want_v = _expect(vs, vc, lambda c: ref.kv_write_(c.clone(), c, k.contiguous(), v.contiguous(), lens,
                                                       q_lens, None))
-    _call(ops.kv_append_, backend, kc, vc, k, v, lens, q_lens=q_lens)
+    ops.kv_append_(kc, vc, k, v, lens, q_lens=q_lens, backend=backend)
     assert torch.equal(ks, want_k) and torch.equal(vs, want_v)
 
 
@@ -164,7 +157,7 @@ def test_write_strided_index_tensors(backend, append):
                                                       table.contiguous()))
     want_v = _expect(vs, vc, lambda c: ref.kv_write_(c.clone(), c, k, v, lens.clone(), q_lens.clone(),
                                                       table.contiguous()))
-    _call(getattr(ops, op_name), backend, kc, vc, k, v, lens, q_lens=q_lens, block_table=table)
+    getattr(ops, op_name)(kc, vc, k, v, lens, q_lens=q_lens, block_table=table, backend=backend)
     assert torch.equal(ks, want_k) and torch.equal(vs, want_v)
     assert lens_buf.tolist() == ([5, -7, 6, -7] if append else [2, -7, 5, -7])
 
@@ -200,7 +193,7 @@ def test_compact_views(backend, layout, cache_kind):
         for layer in (c if layers else [c]):
             ref.kv_compact_(layer, layer.clone(), lens, src, table)
     want_k, want_v = _expect(ks, kc, dense), _expect(vs, vc, dense)
-    _call(ops.kv_compact_, backend, kc, vc, lens, src, block_table=table)
+    ops.kv_compact_(kc, vc, lens, src, block_table=table, backend=backend)
     assert torch.equal(ks, want_k), "k storage"
     assert torch.equal(vs, want_v), "v storage"
 
@@ -218,7 +211,7 @@ def test_compact_strided_index_tensors(backend):
     def dense(c):
         ref.kv_compact_(c, c.clone(), lens.clone(), src.contiguous(), table.contiguous())
     want_k, want_v = _expect(ks, kc, dense), _expect(vs, vc, dense)
-    _call(ops.kv_compact_, backend, kc, vc, lens, src, block_table=table)
+    ops.kv_compact_(kc, vc, lens, src, block_table=table, backend=backend)
     assert torch.equal(ks, want_k) and torch.equal(vs, want_v)
 
 
@@ -234,10 +227,10 @@ def test_length_ops_through_strided_views(backend, op):
     if backend != "auto":
         need(backend, op, lens, arg)
     if op == "kv_commit_":
-        _call(ops.kv_commit_, backend, lens, arg, capacity=TMAX)
+        ops.kv_commit_(lens, arg, capacity=TMAX, backend=backend)
         want = [5, -7, 6, -7]
     else:
-        _call(ops.kv_rollback_, backend, lens, arg)
+        ops.kv_rollback_(lens, arg, backend=backend)
         want = [2, -7, 1, -7]
     assert buf.tolist() == want
 
@@ -283,18 +276,19 @@ def test_reserve_release_through_views(backend, strided):
     for buf, view, val in zip(after_release, (table, free, count), (rt, rf, rc)):
         buf.as_strided(view.shape, view.stride(), view.storage_offset() - buf.storage_offset()).copy_(val)
 
-    _call(ops.paged_reserve_, backend, table, free, count, target, page_size=PAGE)
+    ops.paged_reserve_(table, free, count, target, page_size=PAGE, backend=backend)
     for got, want in zip(bufs, after_reserve):
         assert torch.equal(got, want), "after reserve"
-    _call(ops.paged_release_, backend, table, free, count, keep, page_size=PAGE)
+    ops.paged_release_(table, free, count, keep, page_size=PAGE, backend=backend)
     for got, want in zip(bufs, after_release):
         assert torch.equal(got, want), "after release"
 
 
-def test_auto_falls_back_rather_than_guess_a_layout():
-    """The reproduction of issue 25 item 0: a head-major cache seen as [B, T, H, D], through
-    kv_append_ with backend auto. Every backend auto would pick either serves the view or
-    refuses it in supports_kv_append_."""
+def test_issue_25_head_major_append_with_auto():
+    """The reproduction of issue 25 item 0: a head-major cache and head-major k/v seen as
+    [B, T, H, D], through kv_append_ with backend auto (which resolved to cpp and copied
+    Hkv*D contiguous bytes per token). Whatever auto picks must serve the view exactly or
+    refuse it in supports_kv_append_."""
     ks, kc = view_of("head_major", (B, TMAX, H, D), 1000)
     vs, vc = view_of("head_major", (B, TMAX, H, D), 50_000)
     _, k = view_of("head_major", (B, T, H, D), -5000)

@@ -3,7 +3,9 @@
   kv_write_(k_cache, v_cache, k, v, cache_lens, *, q_lens=None, block_table=None)
       store k/v[b, :q_lens[b]] at slots cache_lens[b].. of row b. Mutates the caches.
   kv_append_(...same...)          kv_write_ then cache_lens += q_lens. Mutates caches, cache_lens.
-  kv_commit_(cache_lens, n, *, capacity=None)   cache_lens += n. Metadata only.
+  kv_commit_(cache_lens, n, *, capacity=None)   cache_lens += n. Metadata only. Default
+      capacity None: the op does not see the cache, so only n >= 0 and an int32-
+      representable result are checked (pass the cache's capacity to check that too).
   kv_rollback_(cache_lens, new_lens)       cache_lens = new_lens (<= current). Metadata only.
   kv_compact_(k_cache, v_cache, cache_lens, src_index, *, block_table=None)
       slot P+i of row b takes the old slot P+src_index[b, i] (all reads before writes;
@@ -13,8 +15,8 @@
       block table shared by all layers) to move every layer in one call.
   paged_reserve_(block_table, free_pages, free_count, target_lens, *, page_size)
   paged_release_(block_table, free_pages, free_count, keep_lens, *, page_size)
-      page allocation from / release to a device-side stack (free_pages [N] int32,
-      free_count [1] int32): no host round trip.
+      page allocation from / release to a device-side stack (free_pages [N], free_count
+      [1]): no host round trip.
 
 Layouts as in tridiff.ops.attention. Every capacity and range check runs before
 anything is written: a refused call leaves caches, lengths and page tables as they were.
@@ -24,7 +26,12 @@ Strides. Caches and k/v may be any strided view with the documented logical shap
 seen as [B, T, Hkv, D], slices, k/v sliced out of a fused projection); k_cache and v_cache
 may differ. Every backend either serves a layout exactly or refuses it in its
 supports_<op> with the reason, and "auto" then falls back (the torch reference serves
-every layout). Index tensors may be strided too.
+every layout). Index tensors may be strided too. The rules today: torch serves every
+view; triton addresses caches and k/v through all their strides and refuses page tables
+and free stacks without unit stride (they are written in place); cpp and cuda take any
+batch/row/page/token/head strides with unit stride along D, k_cache and v_cache with
+equal strides, and dense index tensors (tridiff/native/kv.py); tridiff.cupy refuses
+anything but dense [Hkv, D] slabs with TridiffInputError.
 
 Index dtypes. cache_lens, q_lens/n/new_lens, src_index, block_table, free_pages,
 free_count, target_lens and keep_lens may each be int32 or int64: the op converts every
