@@ -240,3 +240,40 @@ def test_block_defaults_name_the_model_block_size(capsys):
         entry = text.rsplit(option, 1)[1].split(" --", 1)[0]   # the options list, not the usage
         assert "block_size" in entry, (command, entry)
         assert not any(str(n) in entry.split() or f"({n})" in entry for n in {32, bundled}), (command, entry)
+
+
+def test_demo_report_says_identical_only_when_it_is():
+    """The demo's report from made-up results: the second prompt's quadratic completion
+    differs from AR, so that prompt's AR heading names only linear as identical, the
+    quadratic completion is printed on its own, its table row says != AR, the report is
+    not ok; the rows-per-forward figures follow the block length (4 here, not 16)."""
+    from types import SimpleNamespace
+
+    from tridiff.demo import report
+
+    def result(tokens, nfe, iterations=0, mean_accepted=None):
+        return SimpleNamespace(tokens=tokens, nfe=nfe, iterations=iterations, mean_accepted=mean_accepted)
+
+    ar = [list(range(10, 21)), list(range(30, 41))]   # max_new_tokens + L - 1 = 11 tokens
+    results = {"ar": [result(t, 11) for t in ar],
+               "diffusion": [result([7] * 8, 5), result([8] * 8, 6)],
+               "linear-spec": [result(ar[0][:8], 4, 3, 2.5), result(ar[1][:9], 5, 3, 3.0)],
+               "quadratic-spec": [result(ar[0][:8], 3, 2, 4.0), result(ar[1][:7] + [99], 3, 2, 4.0)]}
+    prompts = [{"source": "a.py", "text": "def a():\n"}, {"source": "b.py", "text": "def b():\n"}]
+    text, ok = report(prompts, results, dict.fromkeys(results, 1.0), block=4, max_new_tokens=8,
+                      decode=lambda ids: " ".join(map(str, ids)))
+    assert not ok
+    first, second = text.split("=== prompt 2")
+    assert "--- AR (and linear/quadratic self-speculation, identical):\n10 11 12 13 14 15 16 17\n" in first
+    assert "differs" not in first
+    assert "--- AR (and linear self-speculation, identical):\n30 31 32 33 34 35 36 37\n" in second
+    assert "--- quadratic self-speculation (differs from AR):\n30 31 32 33 34 35 36 99\n" in second
+    assert "linear/quadratic" not in second
+    rows = {line.split()[0]: line.split() for line in text.splitlines() if line.split()[:1] and
+            line.split()[0] in MODES and len(line.split()) >= 6}
+    assert rows["linear-spec"][-2:] == ["==", "AR"] and rows["quadratic-spec"][-2:] == ["!=", "AR"]
+    assert "L(L+1) = 20 at block 4" in text and "memory-bound 4-row forward" in text and "272" not in text
+    same = dict(results, **{"quadratic-spec": [result(ar[0][:8], 3, 2, 4.0), result(ar[1][:8], 3, 2, 4.0)]})
+    text, ok = report(prompts, same, dict.fromkeys(results, 1.0), block=4, max_new_tokens=8,
+                      decode=lambda ids: " ".join(map(str, ids)))
+    assert ok and text.count("--- AR (and linear/quadratic self-speculation, identical):") == 2

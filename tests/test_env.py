@@ -43,7 +43,8 @@ def test_env_reports_the_forced_backend():
     assert "TRIDIFF_BACKEND=sdpa" in _run(env={"TRIDIFF_BACKEND": "sdpa"})
     report = json.loads(_run("--json", env={"TRIDIFF_BACKEND": "gpu"}))
     assert report["backend_forced"] is None
-    assert "TRIDIFF_BACKEND: expected one of" in report["backend_forced_error"] and "'gpu'" in report["backend_forced_error"]
+    error = report["backend_forced_error"]
+    assert "TRIDIFF_BACKEND: expected one of" in error and "'gpu'" in error
 
 
 def test_env_text():

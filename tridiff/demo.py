@@ -57,29 +57,52 @@ def run_demo(model_dir: str, max_new_tokens: int = 64) -> int:
             t0 = time.perf_counter()
             texts[name].append(generate(model, [p], block_length=L, **kw).results[0])
             seconds[name] += time.perf_counter() - t0
-    table = {}
-    for name, results in texts.items():
-        toks = sum(len(r.tokens) for r in results)
-        nfe = sum(r.nfe for r in results)
-        verifies = sum(r.iterations for r in results)
-        accepted = (sum(r.mean_accepted * r.iterations for r in results) / verifies
-                    if name in SPEC_MODES and verifies else None)
-        same = None
-        if name in SPEC_MODES:
-            same = all(r.tokens == a.tokens[:len(r.tokens)] for r, a in zip(results, texts["ar"]))
-        table[name] = (toks, nfe, accepted, toks / seconds[name], same)
+    text, ok = report(prompts, texts, seconds, block=L, max_new_tokens=max_new_tokens, decode=tok.decode)
+    print(text)
+    return 0 if ok else 1
+
+
+def _matches_ar(result, ar) -> bool:
+    return result.tokens == ar.tokens[:len(result.tokens)]
+
+
+def report(prompts: list[dict], results: dict, seconds: dict, *, block: int, max_new_tokens: int,
+           decode) -> tuple[str, bool]:
+    """The completions and the table, from each mode's per-prompt results (tokens, nfe,
+    iterations, mean_accepted) and total seconds. ok: every self-speculation completion
+    is AR's (the lossless property at greedy); a completion that differs is printed on
+    its own and its mode's row marked != AR."""
+    L = block
+    lines = []
     for i, p in enumerate(prompts):
-        print(f"\n=== prompt {i + 1}: {p['source']}\n{_tail(p['text'])}")
-        ar_tokens = texts["ar"][i].tokens[:max_new_tokens]
-        print(f"--- AR (and linear/quadratic self-speculation, identical):\n{tok.decode(ar_tokens)}")
-        print(f"--- diffusion (threshold 0.9):\n{tok.decode(texts['diffusion'][i].tokens)}")
+        ar = results["ar"][i]
+        same = [m for m in SPEC_MODES if _matches_ar(results[m][i], ar)]
+        label = f" (and {'/'.join(m.split('-')[0] for m in same)} self-speculation, identical)" if same else ""
+        lines.append(f"\n=== prompt {i + 1}: {p['source']}\n{_tail(p['text'])}")
+        lines.append(f"--- AR{label}:\n{decode(ar.tokens[:max_new_tokens])}")
+        for m in SPEC_MODES:
+            if m not in same:
+                lines.append(f"--- {m.split('-')[0]} self-speculation (differs from AR):\n"
+                             f"{decode(results[m][i].tokens)}")
+        lines.append(f"--- diffusion (threshold 0.9):\n{decode(results['diffusion'][i].tokens)}")
+    table = {}
+    for name, rows in results.items():
+        toks = sum(len(r.tokens) for r in rows)
+        nfe = sum(r.nfe for r in rows)
+        verifies = sum(r.iterations for r in rows)
+        accepted = (sum(r.mean_accepted * r.iterations for r in rows) / verifies
+                    if name in SPEC_MODES and verifies else None)
+        same = all(_matches_ar(r, a) for r, a in zip(rows, results["ar"])) if name in SPEC_MODES else None
+        table[name] = (toks, nfe, accepted, toks / seconds[name], same)
     ar_rate = table["ar"][3]
-    print(f"\n{'mode':<16}{'tokens':>7}{'NFE':>6}{'tok/fwd':>9}{'accepted':>10}{'tok/s':>8}{'vs AR':>8}{'':>3}")
+    lines.append(f"\n{'mode':<16}{'tokens':>7}{'NFE':>6}{'tok/fwd':>9}{'accepted':>10}{'tok/s':>8}{'vs AR':>8}{'':>3}")
     for name, (toks, nfe, accepted, rate, same) in table.items():
         acc = "" if accepted is None else f"{accepted:.2f}"
         mark = "" if same is None else ("== AR" if same else "!= AR")
-        print(f"{name:<16}{toks:>7}{nfe:>6}{toks / nfe:>9.2f}{acc:>10}{rate:>8.1f}{rate / ar_rate:>7.2f}x  {mark}")
-    print("\ntok/fwd: generated tokens per model forward (NFE), the figure that carries over to a GPU, "
-          "where a memory-bound 17-row forward costs about one AR step. On a CPU tok/s depends on the "
-          "machine's load and on rows per forward (quadratic: L(L+1) = 272 at block 16).")
-    return 0 if all(row[4] in (None, True) for row in table.values()) else 1
+        lines.append(f"{name:<16}{toks:>7}{nfe:>6}{toks / nfe:>9.2f}{acc:>10}{rate:>8.1f}"
+                     f"{rate / ar_rate:>7.2f}x  {mark}")
+    lines.append(f"\ntok/fwd: generated tokens per model forward (NFE), the figure that carries over to a GPU, "
+                 f"where a memory-bound {L}-row forward (one block) costs about one AR step. On a CPU tok/s "
+                 f"depends on the machine's load and on rows per forward (quadratic: L(L+1) = {L * (L + 1)} at "
+                 f"block {L}).")
+    return "\n".join(lines), all(row[4] in (None, True) for row in table.values())
