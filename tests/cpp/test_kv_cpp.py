@@ -152,3 +152,39 @@ def test_paged_reserve_release(backend, rng):
             assert int(states[backend][2][0]) <= N
             handed_out = handed_out or bool((states[backend][0] >= 0).any())
     assert handed_out  # the sequence really reserved pages
+
+
+@pytest.mark.parametrize("backend", CPP)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("H,D", [(2, 64), (3, 5)])
+def test_head_major_views_as_per_head_runs(backend, dtype, H, D, rng):
+    """A head-major paged cache [N, H, page, D] seen as [N, page, H, D] and k/v seen through
+    a [B, H, T, D] buffer: served (no fallback), written/moved as per-head runs, bit-exact,
+    every other byte of the storage untouched; then the same for a 5-D paged compaction."""
+    from tridiff import _dispatch
+
+    B, T, page, max_pages = 3, 6, 4, 4
+    N = B * max_pages + 1
+    store_k, store_v = randn((2, N, H, page, D), dtype, rng), randn((2, N, H, page, D), dtype, rng)
+    kc, vc = store_k.transpose(2, 3), store_v.transpose(2, 3)   # [layers=2, N, page, H, D]
+    k = randn((B, H, T, D), dtype, rng).transpose(1, 2)
+    v = randn((B, H, T, D), dtype, rng).transpose(1, 2)
+    table = torch.randperm(N, generator=rng)[: B * max_pages].view(B, max_pages).int()
+    lens = torch.tensor([0, 5, 9], dtype=torch.int32)
+    q_lens = torch.tensor([6, 0, 4], dtype=torch.int32)
+    args = (kc[1], vc[1], k, v, lens, q_lens, table)
+    assert _dispatch.why_not(backend, "kv_append_", args, {}) is None
+    want_k, want_v, want_lens = store_k.clone(), store_v.clone(), lens.clone()
+    ops.kv_append_(want_k.transpose(2, 3)[1], want_v.transpose(2, 3)[1], k, v, want_lens, q_lens=q_lens,
+                   block_table=table, backend="torch")
+    ops.kv_append_(kc[1], vc[1], k, v, lens, q_lens=q_lens, block_table=table, backend=backend)
+    assert torch.equal(store_k, want_k) and torch.equal(store_v, want_v) and torch.equal(lens, want_lens)
+
+    src = torch.tensor([[3, -1, 0, 1], [0, 2, 1, -1], [1, 1, 0, 2]], dtype=torch.int32)
+    lens = torch.tensor([2, 5, 9], dtype=torch.int32)
+    assert _dispatch.why_not(backend, "kv_compact_", (kc, vc, lens, src, table), {}) is None
+    for i in range(2):
+        ops.kv_compact_(want_k.transpose(2, 3)[i], want_v.transpose(2, 3)[i], lens, src, block_table=table,
+                        backend="torch")
+    ops.kv_compact_(kc, vc, lens, src, block_table=table, backend=backend)
+    assert torch.equal(store_k, want_k) and torch.equal(store_v, want_v)

@@ -131,6 +131,26 @@ def test_compact_contiguous(backend, layers, dtype):
 
 
 @TRITON
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("head_major", [False, True], ids=["dense", "head_major"])
+def test_compact_paged_with_layers(backend, dtype, head_major):
+    """[layers, num_pages, page, Hkv, D] + one block table (was refused): the reference moves
+    every layer the same way; head-major pages seen through transpose(2, 3)."""
+    layers, B, page, max_pages, H, D, n = 3, 2, 4, 3, 2, 4, 5
+    _, _, table = paged_setup(B, page, max_pages, H, D, dtype, seed=40)
+    N = B * max_pages + 2
+    if head_major:
+        kc = rand(layers, N, H, page, D, dtype=dtype, seed=41).transpose(2, 3)
+        vc = rand(layers, N, H, page, D, dtype=dtype, seed=42).transpose(2, 3)
+    else:
+        kc, vc = rand(layers, N, page, H, D, dtype=dtype, seed=41), rand(layers, N, page, H, D, dtype=dtype, seed=42)
+    P = torch.tensor([1, 6], **I32)
+    src = _src(B, n, 6, seed=43)
+    assert tk.supports_kv_compact_(kc, vc, P, src, table) is None
+    run_both("kv_compact_", (0, 1), kc, vc, P, src, table)
+
+
+@TRITON
 def test_compact_quadratic_verify_slots(backend):
     L, B, H, D = 4, 2, 2, 4
     kc, vc = rand(2, B, 30, H, D, seed=16), rand(2, B, 30, H, D, seed=17)
