@@ -76,6 +76,35 @@ def test_paged_reserve_release(backend):
             assert torch.equal(r, o)
 
 
+@pytest.mark.parametrize("backend", CUDA)
+@pytest.mark.parametrize("H,D", [(8, 128), (3, 5)])
+def test_head_major_paged_views(backend, H, D):
+    """bf16 head-major pages [N, H, page, D] seen as [N, page, H, D] with 5-D layers, k/v of a
+    [B, H, T, D] buffer: append and compaction as per-head runs, storage bit-exact."""
+    g = gen()
+    B, T, page, max_pages, layers = 4, 32, 64, 8, 2
+    N = B * max_pages + 3
+    store = randn((2, layers, N, H, page, D), torch.bfloat16, g)
+    k = randn((B, H, T, D), torch.bfloat16, g).transpose(1, 2)
+    v = randn((B, H, T, D), torch.bfloat16, g).transpose(1, 2)
+    table = torch.randperm(N, device="cuda", generator=g)[: B * max_pages].view(B, max_pages).int()
+    lens = torch.tensor([0, 63, 100, 460], dtype=torch.int32, device="cuda")
+    q_lens = torch.tensor([32, 1, 0, 32], dtype=torch.int32, device="cuda")
+    want, want_lens = store.clone(), lens.clone()
+    view = lambda s: s.transpose(3, 4)  # noqa: E731  [2, layers, N, page, H, D]
+    ops.kv_append_(view(want)[0, 1], view(want)[1, 1], k, v, want_lens, q_lens=q_lens, block_table=table,
+                   backend="torch")
+    ops.kv_append_(view(store)[0, 1], view(store)[1, 1], k, v, lens, q_lens=q_lens, block_table=table,
+                   backend=backend)
+    torch.cuda.synchronize()
+    assert torch.equal(store, want) and torch.equal(lens, want_lens)
+    src = ops.quadratic_verify_slots(4, B, device="cuda")
+    ops.kv_compact_(view(want)[0], view(want)[1], lens, src, block_table=table, backend="torch")
+    ops.kv_compact_(view(store)[0], view(store)[1], lens, src, block_table=table, backend=backend)
+    torch.cuda.synchronize()
+    assert torch.equal(store, want)
+
+
 # ---- CPU-runnable: the cuda backend's stride rules and argument packing (nothing launched) ----
 
 KV_OPS = ("kv_write_", "kv_append_", "kv_commit_", "kv_rollback_", "kv_compact_", "paged_reserve_",
