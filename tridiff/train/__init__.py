@@ -1,6 +1,6 @@
 """Training of a small tri-mode model (the bundled one) with the family's joint objective.
 
-    python -m tridiff.train --out DIR [--minutes M] [--resume]
+    python -m tridiff.train --out DIR [--steps N] [--resume] [--no-bf16]   (--help: every setting)
 
 corpus.py    the Python standard library's own sources, split by file
 tokenizer.py a byte-level BPE trained on the training split, special ids as released

@@ -20,12 +20,15 @@ def main(argv=None) -> int:
                    help="joint: AR + 0.5 x masked diffusion (the shipped model); ar: the AR-only baseline")
     p.add_argument("--threads", type=int, default=None, help="default: every core")
     for f in dataclasses.fields(TrainSettings):
-        if f.name in ("diffusion_weight", "bf16"):
+        if f.name == "diffusion_weight":   # set by --objective
             continue
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):   # --bf16 / --no-bf16 (bool("False") would read true)
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            p.add_argument(flag, type=type(f.default), default=f.default)
     a = p.parse_args(argv)
-    kw = {f.name: getattr(a, f.name) for f in dataclasses.fields(TrainSettings)
-          if f.name not in ("diffusion_weight", "bf16")}
+    kw = {f.name: getattr(a, f.name) for f in dataclasses.fields(TrainSettings) if f.name != "diffusion_weight"}
     settings = TrainSettings(**kw, **({"diffusion_weight": 0.0} if a.objective == "ar" else {}))
     out = os.path.abspath(a.out)
     work = a.work or out.rstrip("/") + ".work"
