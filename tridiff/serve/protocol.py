@@ -17,6 +17,7 @@ strategy asked and strategies_run (what "auto" ran).
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -101,8 +102,8 @@ def _number(body, name, default=None):
     v = body.get(name, default)
     if v is None:
         return default
-    if not _is_number(v):
-        raise ProtocolError(f"{name}: expected a number, got {json.dumps(v)}", param=name)
+    if not _is_number(v) or not math.isfinite(v):
+        raise ProtocolError(f"{name}: expected a finite number, got {json.dumps(v)}", param=name)
     return float(v)
 
 
