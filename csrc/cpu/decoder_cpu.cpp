@@ -76,9 +76,9 @@ inline void run_panel(const double* in, int64_t rows, int64_t K, const double* W
 }
 
 // A GEMM runs on the OpenMP team only from this many multiply-adds (rows x N x K) on:
-// below it, waking the second thread costs more than it saves. 1 << 16 (65536 MACs, ~2-4
-// us of one AVX2 core at the panels' 37-51 GMAC/s) is set from that estimate, not yet
-// from a measured sweep (bench/NOTES.md, "CPU layer stack: the parallel threshold").
+// below it, waking the second thread costs more than it saves. 1 << 16 (65536 MACs, ~2.6-3.5
+// us on one core at the panels' measured speed) is an estimate, not yet a measured sweep
+// (bench/NOTES.md, "CPU layer stack: the parallel threshold, threads and rounding").
 constexpr int64_t kParallelMinMacs = int64_t(1) << 16;
 
 // The largest OpenMP team a GEMM of the last stack call ran on (decoder_last_team_size).

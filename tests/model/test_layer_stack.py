@@ -9,6 +9,7 @@ from tests.model.support import ours, tiny_config, with_lora
 from tridiff import _dispatch, layer_stack
 from tridiff.generate import generate
 from tridiff.modes import Mode
+from tridiff.ops import TridiffInputError
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the layer stack is a CPU path")
 
@@ -87,6 +88,49 @@ def test_generate_tokens_equal_with_and_without_stack(monkeypatch, stack_calls, 
     assert runs["0"] == runs["1"]
 
 
+@pytest.mark.parametrize("dtype", [pytest.param(torch.float32, id="fp32"), pytest.param(torch.float64, id="fp64")])
+def test_tiny_preset_adapter_through_the_stack(monkeypatch, stack_calls, tmp_path, dtype):
+    """The tiny preset's drafter adapter as a checkpoint ships it (PEFT layout, loaded by
+    from_pretrained): the stack's forward with the adapter equals the op-by-op layers', and
+    the adapter changes the result (it is really applied)."""
+    from tridiff.checkpoint import write_random_checkpoint
+    from tridiff.model import Model
+    write_random_checkpoint(str(tmp_path), "tiny", seed=3, with_tokenizer=False, with_adapter=True)
+    model = Model.from_pretrained(str(tmp_path), dtype=dtype)
+    assert model.has_adapter
+    tokens = torch.randint(0, model.config.vocab_size, (2, 6), generator=torch.Generator().manual_seed(2))
+    out = {}
+    for choice, adapter in (("0", True), ("1", True), ("1", False)):
+        monkeypatch.setenv(layer_stack.ENV, choice)
+        cache = model.new_cache(2, 16)
+        out[choice, adapter] = model(tokens, cache, kv="commit", adapter=adapter)
+    assert len(stack_calls) == 2
+    tol = 1e-10 if dtype == torch.float64 else 2e-5
+    a, b = out["0", True], out["1", True]
+    assert (a - b).abs().max().item() <= tol * max(1.0, a.abs().max().item())
+    assert (out["1", False] - b).abs().max().item() > 100 * tol, "the adapter made no difference"
+
+
+@pytest.mark.parametrize("projection", ["linear", "wxt", "bmm"])
+@pytest.mark.parametrize("stack", ["0", "1"])
+def test_batch_equals_solo_in_fp32(monkeypatch, projection, stack):
+    """fp32, as the CLI and demo run: a batch of prompts gives each row the tokens it gets
+    alone, with every CPU projection formulation forced (TRIDIFF_CPU_PROJECTION: auto picks
+    one of these by timing, per weight shape and row bucket, so a batch and a solo run may
+    take different ones) and with the stack off and on."""
+    if stack == "1" and _dispatch.backend_unavailable("cpp"):
+        pytest.skip(_dispatch.backend_unavailable("cpp"))
+    monkeypatch.setenv("TRIDIFF_CPU_PROJECTION", projection)
+    monkeypatch.setenv(layer_stack.ENV, stack)
+    model = ours(with_lora(tiny_config()), torch.float32, seed=1)
+    prompts = [[5, 9, 13, 2, 7], [3, 3, 8], [11, 4, 4, 4, 6, 1]]
+    for kw in (dict(mode="ar"), dict(mode="linear-spec", block_length=4)):
+        batch = generate(model, prompts, max_new_tokens=10, eos_id=-1, **kw)
+        for b, p in enumerate(prompts):
+            alone = generate(model, [p], max_new_tokens=10, eos_id=-1, **kw)
+            assert batch.results[b].tokens == alone.results[0].tokens, f"{kw['mode']}: row {b}"
+
+
 def test_auto_rule_and_env(monkeypatch):
     cpu, f32 = torch.device("cpu"), torch.float32
     monkeypatch.delenv(layer_stack.ENV, raising=False)
@@ -125,6 +169,6 @@ def test_weights_rechecked_after_a_parameter_moves(monkeypatch, stack_calls):
     down = model.encoder.layers[1].mlp.down_proj.weight
     down.data = down.data[:, :-1].clone()
     k0 = cache.k.clone()
-    with pytest.raises(Exception, match=r"weights\[13\] \(down of layer 1\): expected shape"):
+    with pytest.raises(TridiffInputError, match=r"^weights\[13\] \(down of layer 1\): expected shape"):
         model(torch.tensor([[4]]), cache, kv="commit")
     assert torch.equal(cache.k, k0)

@@ -137,6 +137,15 @@ def test_per_layer_lora_ranks_match_reference(backend, dtype, ranks):
     check_against_reference(backend, make_case(T=5, L=len(ranks), rank=ranks), dtype)
 
 
+@pytest.mark.parametrize("backend", STACK_BACKENDS)
+def test_rank_zero_lora_is_no_lora(backend):
+    """A layer's LoRA given as empty [0, Hq D] / [H, 0] tensors (rank 0) adds nothing."""
+    case = make_case(T=3, rank=(4, 4))
+    w = case["weights"]
+    w[14], w[15] = w[14][:0], w[15][:, :0]
+    check_against_reference(backend, case, torch.float64)
+
+
 def test_auto_serves_per_layer_lora_ranks():
     """auto takes the C++ stack for mixed ranks too (it reads each layer's own rank), and the
     result is the reference's."""
@@ -162,6 +171,30 @@ def test_odd_sizes_match_reference(backend, dtype, B, T):
     4x2 tile and the features past the last 1x8 tile), with 4-row tiles (B*T = 10) and
     without (B*T = 2)."""
     check_against_reference(backend, make_case(B=B, T=T, H=73, I=37, rank=5, lens=(5, 17)), dtype)
+
+
+@pytest.mark.parametrize("backend", STACK_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T", [1, 3, 5])
+@pytest.mark.parametrize("shape", [pytest.param(dict(), id="h72-rank4"),
+                                   pytest.param(dict(H=73, I=37, rank=5), id="h73-i37-rank5")])
+def test_rows_equal_their_solo_runs_bit_for_bit(backend, dtype, T, shape):
+    """A row's output and cache slots do not depend on what shares its call (an engine batches
+    requests and must give each the answer it gets alone): every row of a 3-row call equals,
+    bit for bit, the same row run alone. 3 x T rows take the 4-row tiles where one row does
+    not, so this holds only if every tile sums an element in the same order."""
+    shape = dict(shape)
+    case = cast(make_case(B=3, T=T, lens=(5, 17, 30), rank=shape.pop("rank", 4), **shape), dtype)
+    require_backend(backend, "decoder_layers_", args_of(case))
+    whole = dict(case, x=case["x"].clone(), k=case["k"].clone(), v=case["v"].clone())
+    x, k, v = run(whole, backend)
+    for b in range(3):
+        solo = dict(case, lens=case["lens"][b:b + 1], x=case["x"][b:b + 1].clone(), k=case["k"][:, b:b + 1].clone(),
+                    v=case["v"][:, b:b + 1].clone(), cos=case["cos"][b:b + 1], sin=case["sin"][b:b + 1],
+                    q_scale=case["q_scale"][b:b + 1])
+        xs, ks, vs = run(solo, backend)
+        assert torch.equal(xs[0], x[b]), f"row {b}: max diff {(xs[0] - x[b]).abs().max().item()}"
+        assert torch.equal(ks[:, 0], k[:, b]) and torch.equal(vs[:, 0], v[:, b]), f"row {b}: cache"
 
 
 @pytest.mark.parametrize("backend", STACK_BACKENDS)
@@ -342,7 +375,8 @@ def test_baseline_gemm_build_matches_reference():
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
                           "-k", "cpp and (test_causal_matches_reference or test_modes_match_reference or "
                                 "test_shapes_match_reference or test_odd_sizes_match_reference or "
-                                "test_per_layer_lora_ranks_match_reference) or test_reports_gemm_build"],
+                                "test_per_layer_lora_ranks_match_reference or "
+                                "test_rows_equal_their_solo_runs_bit_for_bit) or test_reports_gemm_build"],
                          env=env, capture_output=True, text=True, timeout=600,
                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]

@@ -15,7 +15,8 @@ Layouts (B rows, T new tokens, H hidden, L layers, GQA heads Hq/Hkv of size D):
   weights       8 tensors per layer (a list, or a DecoderWeights checked once), in order:
                 input_layernorm [H], q/k/v [(Hq + 2 Hkv) D, H], o_proj [H, Hq D],
                 post_attention_layernorm [H], gate/up [2 I, H], down [H, I],
-                LoRA A [r, Hq D] and B [H, r] (both None: no LoRA)
+                LoRA A [r, Hq D] and B [H, r] (both None: no LoRA on that layer;
+                r may differ per layer, as PEFT's rank_pattern allows)
   k/v_cache     [L, B, Tmax, Hkv, D] contiguous, or [L, num_pages, page, Hkv, D] paged
   cos, sin      [B, T, D]          rotary tables (sin with rotate_half's sign folded in,
                                    tridiff.layer_math.rotary_tables)
