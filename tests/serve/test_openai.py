@@ -73,6 +73,13 @@ def test_stream_equals_non_stream(client, server, bundled_tok, strategy):
     assert pages_all_free(server.state)
 
 
+def test_stream_options_include_usage(client):
+    chunks = list(client.completions.create(model="stdlib-7m", prompt=PROMPT, max_tokens=8, stream=True,
+                                            stream_options={"include_usage": True}, extra_body={"strategy": "ar"}))
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 8
+    assert chunks[-2].choices[0].finish_reason == "length" and chunks[-2].usage.completion_tokens == 8
+
+
 def test_token_id_prompt_and_stop_id(client, server, bundled_model, bundled_tok):
     ids = bundled_tok.encode("import os\nimport sys\n")
     full = _solo(bundled_model, ids, "ar", L).tokens

@@ -220,6 +220,9 @@ class _EventStream:
                 last = gen.final is not None
                 await send({"type": "http.response.body", "body": P.sse(gen.chunk(delta, ids, last=last)),
                             "more_body": True})
+            if gen.req.include_usage:  # OpenAI's stream_options: a last chunk with no choice, usage only
+                await send({"type": "http.response.body", "body": P.sse(gen.chunk(None, [], last=True)),
+                            "more_body": True})
         except P.ProtocolError as exc:  # failed after the 200 went out: an error event ends the stream
             await send({"type": "http.response.body", "body": P.sse(exc.body()), "more_body": True})
         await send({"type": "http.response.body", "body": P.SSE_DONE, "more_body": False})

@@ -11,8 +11,10 @@ tridiff's extra request fields: strategy ("auto" | "ar" | "diffusion" | "linear-
 "quadratic-spec"), threshold, block_length, anchors (int or list of ints), rule
 ("lossless" | "reference"). `stop` takes strings and/or token ids. temperature
 defaults to 0 (greedy), max_tokens to 16. Each choice also carries `token_ids` (the
-generated ids), and usage carries tokens_per_forward, accepted_lengths, nfe, the
-strategy asked and strategies_run (what "auto" ran).
+generated ids); a stream's last chunk carries usage (and with stream_options
+{"include_usage": true} a usage-only chunk with no choice follows it, as OpenAI sends).
+Usage adds tokens_per_forward, accepted_lengths, nfe, mean_accepted, the strategy asked
+and strategies_run (what "auto" ran).
 """
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ DEFAULT_MAX_TOKENS = 16
 # OpenAI fields accepted only at their neutral value (anything else is refused, not ignored).
 _NEUTRAL = {"top_p": (None, 1, 1.0), "presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0),
             "logprobs": (None, False), "top_logprobs": (None, 0), "echo": (None, False), "best_of": (None, 1),
-            "logit_bias": (None, {}), "suffix": (None, ""), "tools": (None, []), "response_format": (None,)}
+            "logit_bias": (None, {}), "suffix": (None, ""), "tools": (None, []),
+            "response_format": (None, {"type": "text"})}
 # OpenAI fields taken and ignored (they do not change the output).
 _IGNORED = {"user", "stream_options", "model", "metadata", "store", "service_tier", "parallel_tool_calls",
             "tool_choice"}
