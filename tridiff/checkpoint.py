@@ -265,7 +265,9 @@ def random_adapter_tensors(config: ModelConfig, rank: int, *, seed: int = 0, dty
     return out
 
 
-def _save(tensors: dict, path: str) -> None:
+def save_safetensors(tensors: dict, path: str) -> None:
+    """Write {name: tensor} as one safetensors file (contiguous copies where needed,
+    metadata format "pt", as checkpoints of the released layout carry)."""
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in tensors.items()}, path, metadata={"format": "pt"})
@@ -296,7 +298,7 @@ def write_random_checkpoint(directory, config="tiny", *, seed: int = 0, dtype=to
     tensors = random_tensors(config, seed=seed, dtype=dtype)
     names = list(tensors)
     if shards == 1:
-        _save(tensors, os.path.join(directory, SINGLE_FILE))
+        save_safetensors(tensors, os.path.join(directory, SINGLE_FILE))
     else:
         total = sum(t.numel() * t.element_size() for t in tensors.values())
         per_shard = total / shards
@@ -309,7 +311,7 @@ def write_random_checkpoint(directory, config="tiny", *, seed: int = 0, dtype=to
         weight_map = {}
         for k, group in enumerate(groups):
             fname = f"model-{k + 1:05d}-of-{shards:05d}.safetensors"
-            _save({n: tensors[n] for n in group}, os.path.join(directory, fname))
+            save_safetensors({n: tensors[n] for n in group}, os.path.join(directory, fname))
             weight_map.update({n: fname for n in group})
         with open(os.path.join(directory, INDEX_FILE), "w") as fh:
             json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, fh, indent=2)
@@ -336,7 +338,7 @@ def write_adapter(directory, config: ModelConfig, *, rank: int, alpha: float, te
             "task_type": None, "base_model_name_or_path": None, "inference_mode": True}
     with open(os.path.join(adapter_dir, ADAPTER_CONFIG), "w") as fh:
         json.dump(meta, fh, indent=2)
-    _save(tensors, os.path.join(adapter_dir, ADAPTER_WEIGHTS))
+    save_safetensors(tensors, os.path.join(adapter_dir, ADAPTER_WEIGHTS))
     return adapter_dir
 
 

@@ -65,7 +65,7 @@ def quantize_checkpoint(src, dst, *, bits: int = 4, group_size: int = 128, sym: 
     with open(os.path.join(dst, QUANT_CONFIG_FILE), "w") as fh:
         json.dump(qc.to_json(), fh, indent=2)
         fh.write("\n")
-    ckpt._save(out, os.path.join(dst, ckpt.SINGLE_FILE))
+    ckpt.save_safetensors(out, os.path.join(dst, ckpt.SINGLE_FILE))
     return qc
 
 

@@ -168,13 +168,13 @@ def export(net: TrainNetwork, out_dir: str, tok_path: str, summary: dict) -> Non
     demo_prompts.json (held-out excerpts for `tridiff demo`)."""
     import shutil
 
-    from tridiff.checkpoint import SINGLE_FILE, _save
+    from tridiff.checkpoint import SINGLE_FILE, save_safetensors
     from tridiff.tokenizer import Tokenizer
 
     os.makedirs(out_dir, exist_ok=True)
     net.config.write_json(os.path.join(out_dir, "config.json"))
-    _save({k: v.detach().to(torch.bfloat16) for k, v in net.state_dict().items()},
-          os.path.join(out_dir, SINGLE_FILE))
+    save_safetensors({k: v.detach().to(torch.bfloat16) for k, v in net.state_dict().items()},
+                     os.path.join(out_dir, SINGLE_FILE))
     if os.path.abspath(tok_path) != os.path.abspath(os.path.join(out_dir, "tokenizer.json")):
         shutil.copyfile(tok_path, os.path.join(out_dir, "tokenizer.json"))
     with open(os.path.join(out_dir, SUMMARY_FILE), "w") as fh:
@@ -206,36 +206,36 @@ def train(out_dir: str, work_dir: str, s: TrainSettings, *, resume: bool = False
         f"{data['heldout_files']} held out ({len(data['heldout'])} tokens)")
     log(f"model: {n_params / 1e6:.2f} M parameters; {s.steps} steps of {s.batch} x {s.seq_len} tokens; "
         f"diffusion weight {s.diffusion_weight}; {torch.get_num_threads()} threads")
-    log_path = open(os.path.join(work_dir, LOG_FILE), "a")
     t0, last_ckpt = time.time(), time.time()
     tokens_done = 0
-    for step in range(start, s.steps):
-        gen = torch.Generator().manual_seed(s.seed * 1_000_003 + step)
-        windows = random_windows(data["train"], s.batch, s.seq_len + 1, gen)
-        for group in opt.param_groups:
-            group["lr"] = learning_rate(s, step)
-        loss, ar, diff = step_loss(net, windows, s, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), s.clip)
-        opt.step()
-        tokens_done += s.batch * s.seq_len
-        done = step + 1
-        rec = {"step": done, "loss": float(loss.detach()), "ar": float(ar), "diffusion": float(diff)}
-        if done % s.eval_every == 0 or done == s.steps:
-            rec.update(evaluate(net, heldout_windows, s))
-        log_path.write(json.dumps(rec) + "\n")
-        log_path.flush()
-        if done % 10 == 0 or done == s.steps or "heldout_ar_loss" in rec:
-            run = time.time() - t0
-            rate = tokens_done / max(run, 1e-9)
-            eta = run / (done - start) * (s.steps - done)
-            extra = f" | held-out AR {rec['heldout_ar_loss']:.3f}" if "heldout_ar_loss" in rec else ""
-            log(f"{_bar(done, s.steps)} {done}/{s.steps} loss {rec['loss']:.3f} (AR {rec['ar']:.3f}, "
-                f"diffusion {rec['diffusion']:.3f}) {rate:.0f} tok/s ETA {_fmt_time(eta)}{extra}")
-        if time.time() - last_ckpt > 60 * s.checkpoint_minutes and done < s.steps:
-            save_state(state_path, net, opt, done, s, elapsed0 + time.time() - t0)
-            last_ckpt = time.time()
+    with open(os.path.join(work_dir, LOG_FILE), "a") as log_file:
+        for step in range(start, s.steps):
+            gen = torch.Generator().manual_seed(s.seed * 1_000_003 + step)
+            windows = random_windows(data["train"], s.batch, s.seq_len + 1, gen)
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(s, step)
+            loss, ar, diff = step_loss(net, windows, s, gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), s.clip)
+            opt.step()
+            tokens_done += s.batch * s.seq_len
+            done = step + 1
+            rec = {"step": done, "loss": float(loss.detach()), "ar": float(ar), "diffusion": float(diff)}
+            if done % s.eval_every == 0 or done == s.steps:
+                rec.update(evaluate(net, heldout_windows, s))
+            log_file.write(json.dumps(rec) + "\n")
+            log_file.flush()
+            if done % 10 == 0 or done == s.steps or "heldout_ar_loss" in rec:
+                run = time.time() - t0
+                rate = tokens_done / max(run, 1e-9)
+                eta = run / (done - start) * (s.steps - done)
+                extra = f" | held-out AR {rec['heldout_ar_loss']:.3f}" if "heldout_ar_loss" in rec else ""
+                log(f"{_bar(done, s.steps)} {done}/{s.steps} loss {rec['loss']:.3f} (AR {rec['ar']:.3f}, "
+                    f"diffusion {rec['diffusion']:.3f}) {rate:.0f} tok/s ETA {_fmt_time(eta)}{extra}")
+            if time.time() - last_ckpt > 60 * s.checkpoint_minutes and done < s.steps:
+                save_state(state_path, net, opt, done, s, elapsed0 + time.time() - t0)
+                last_ckpt = time.time()
     elapsed = elapsed0 + time.time() - t0
     save_state(state_path, net, opt, s.steps, s, elapsed)
     final = evaluate(net, heldout_windows, s)
