@@ -116,36 +116,74 @@ def check_packed(found: dict, qc: QuantConfig, config) -> None:
                                            f"(inputs in order, desc_act=false), got {int(got[k])} at k={k}")
 
 
+def build_model(config, weights, *, device="cpu", dtype: Optional[torch.dtype] = None,
+                head_dtype: Optional[torch.dtype] = None, scale_dtype=torch.float16, cls=None):
+    """(model, targets): a Model with real, uninitialised storage in weight format `weights`
+    ("bf16" or a QuantConfig) and {checkpoint name: tensor to fill}; cls: a Model class.
+    Built on the meta device first, so no full-precision projection is ever allocated. head_dtype:
+    default bf16 for "bf16", the activation dtype otherwise."""
+    from tridiff.model import Model
+
+    dtype = _default_dtype(device, dtype)
+    model = (cls or Model)(config, device="meta", dtype=dtype)
+    bf16 = weights == "bf16"
+    targets = _plain_targets(model, device, dtype, head_dtype or (torch.bfloat16 if bf16 else dtype))
+    shapes = projection_shapes(config)
+    for i, layer in enumerate(model.encoder.layers):
+        if bf16:   # q/k/v and gate/up as row blocks of one tensor each (tridiff.layers)
+            for group, names in ((layer.self_attn, ("q_proj", "k_proj", "v_proj")),
+                                 (layer.mlp, ("gate_proj", "up_proj"))):
+                parts = [getattr(group, n) for n in names]
+                rows = [p.weight.shape[0] for p in parts]
+                whole = torch.empty(sum(rows), parts[0].weight.shape[1], dtype=torch.bfloat16, device=device)
+                for part, block in zip(parts, whole.split(rows, dim=0)):
+                    part.weight = nn.Parameter(block, requires_grad=False)
+                group._fused = None
+            _real(layer.self_attn.o_proj, torch.bfloat16, device)
+            _real(layer.mlp.down_proj, torch.bfloat16, device)
+        for name in PROJECTIONS:
+            parent, proj = _projection(layer, name)
+            prefix = f"encoder.layers.{i}.{name}"
+            if bf16:
+                targets[f"{prefix}.weight"] = getattr(parent, proj).weight
+                continue
+            N, K = shapes[name]
+            sd = scale_dtype(prefix) if callable(scale_dtype) else scale_dtype
+            packed = PackedLinear(K, N, weights.bits, weights.group_of(K), zero_format=weights.zero_format,
+                                  device=device, scale_dtype=sd)
+            setattr(parent, proj, packed)
+            for suffix in ("qweight", "qzeros", "scales", "g_idx"):
+                targets[f"{prefix}.{suffix}"] = getattr(packed, suffix)
+    model.weight_format = "bf16" if bf16 else weights.name
+    if not bf16:
+        model.quantization = weights
+    return model, targets
+
+
+def finish(model) -> None:
+    """After the tensors are filled: stack q/k/v and gate/up once (packed: concatenated)."""
+    for layer in model.encoder.layers:
+        layer.self_attn._fused = None
+        layer.mlp._fused = None
+        layer.self_attn.fused_weight()
+        layer.mlp.fused_weight()
+
+
 def load_model(cls, found, *, device="cpu", dtype: Optional[torch.dtype] = None):
-    """A Model of class `cls` from an opened GPTQ checkpoint (tridiff.checkpoint.Checkpoint
-    with .quant set): names, shapes, dtypes and g_idx checked before any code is read."""
+    """A Model from an opened GPTQ checkpoint (tridiff.checkpoint.Checkpoint with .quant
+    set): names, shapes, dtypes and g_idx checked before any code is read."""
     qc: QuantConfig = found.quant
     config = found.config
     check_packed(found.weights, qc, config)
     dtype = _default_dtype(device, dtype)
     head_stored = stored_dtypes(found.weights, ["diffusion_head.weight"])["diffusion_head.weight"]
     head_dtype = head_stored if head_stored in HALF and dtype not in HALF else dtype
-    model = cls(config, device="meta", dtype=dtype)
-    targets = _plain_targets(model, device, dtype, head_dtype)
     scale_dtypes = stored_dtypes(found.weights, [n for n in found.weights if n.endswith(".scales")])
-    shapes = projection_shapes(config)
-    for i, layer in enumerate(model.encoder.layers):
-        for name in PROJECTIONS:
-            N, K = shapes[name]
-            prefix = f"encoder.layers.{i}.{name}"
-            packed = PackedLinear(K, N, qc.bits, qc.group_of(K), zero_format=qc.zero_format, device=device,
-                                  scale_dtype=scale_dtypes[f"{prefix}.scales"])
-            parent, proj = _projection(layer, name)
-            setattr(parent, proj, packed)
-            for suffix in ("qweight", "qzeros", "scales", "g_idx"):
-                targets[f"{prefix}.{suffix}"] = getattr(packed, suffix)
+    model, targets = build_model(config, qc, device=device, dtype=dtype, head_dtype=head_dtype,
+                                 scale_dtype=lambda prefix: scale_dtypes[f"{prefix}.scales"], cls=cls)
     ckpt.load_into(found.weights, targets)
     _load_adapter(model, found)
-    for layer in model.encoder.layers:   # concatenate q/k/v and gate/up once
-        layer.self_attn.fused_weight()
-        layer.mlp.fused_weight()
-    model.weight_format = qc.name
-    model.quantization = qc
+    finish(model)
     return model
 
 
@@ -164,23 +202,8 @@ def from_pretrained(directory, *, weights: str = "full", device="cpu", dtype: Op
     found = ckpt.open_checkpoint(directory, adapter)
     if found.quant is not None:
         raise ValueError(f"weights: {weights!r} asked for a {found.quant.name} GPTQ checkpoint (load it as it is)")
-    dtype = _default_dtype(device, dtype)
-    model = Model(found.config, device="meta", dtype=dtype)
-    targets = _plain_targets(model, device, dtype, torch.bfloat16)
-    for i, layer in enumerate(model.encoder.layers):
-        for group, names in ((layer.self_attn, ("q_proj", "k_proj", "v_proj")), (layer.mlp, ("gate_proj", "up_proj"))):
-            parts = [getattr(group, n) for n in names]
-            whole = torch.empty(sum(p.weight.shape[0] for p in parts), parts[0].weight.shape[1],
-                                dtype=torch.bfloat16, device=device)
-            for p, block in zip(parts, whole.split([p.weight.shape[0] for p in parts], dim=0)):
-                p.weight = nn.Parameter(block, requires_grad=False)
-            group._fused = None
-        _real(layer.self_attn.o_proj, torch.bfloat16, device)
-        _real(layer.mlp.down_proj, torch.bfloat16, device)
-        for name in PROJECTIONS:
-            parent, proj = _projection(layer, name)
-            targets[f"encoder.layers.{i}.{name}.weight"] = getattr(parent, proj).weight
+    model, targets = build_model(found.config, weights, device=device, dtype=dtype)
     ckpt.load_into(found.weights, targets)
     _load_adapter(model, found)
-    model.weight_format = weights
+    finish(model)
     return model
