@@ -4,12 +4,14 @@
                                 [--max-queue 64] [--max-tokens 32,64] [--strategy auto]
                                 [--stream-fraction 0.5] [--prompts 32]
                                 [--overhead-requests 96] [--overhead-clients 8] [--overhead-reps 2]
-                                [--out DIR]
+                                [--clients-in-process] [--out DIR]
 
 The server runs in this process (tridiff.serve.BackgroundServer: uvicorn in a thread,
-the engine in its own thread) on a free localhost port; the clients are asyncio tasks
-with one httpx connection each, so client work shares the machine with the server (say
-so when quoting the numbers).
+the engine in its own thread) on a free localhost port; the HTTP clients
+(bench.serve_clients: asyncio tasks with one httpx connection each) run in one child
+process, so that their Python does not take the server's GIL (--clients-in-process
+puts them in this process). They still share the machine's cores with the server: say
+so when quoting the numbers.
 
 Load (after an untimed warm-up request per max_tokens, streamed and not): `--clients`
 clients send requests back to back for `--seconds` (a request started before the
@@ -31,8 +33,6 @@ One JSON row is appended to <out>/serve.jsonl. Exit status 1 if a check fails.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import itertools
 import json
 import statistics
 import sys
@@ -41,6 +41,7 @@ from pathlib import Path
 
 import torch
 
+from bench import serve_clients
 from bench.machine import environment
 from bench.record import DEFAULT_OUT
 from tridiff import models
@@ -66,6 +67,8 @@ def parse(argv=None):
     p.add_argument("--overhead-requests", type=int, default=96, help="0: skip the overhead measurement")
     p.add_argument("--overhead-clients", type=int, default=8)
     p.add_argument("--overhead-reps", type=int, default=2)
+    p.add_argument("--clients-in-process", action="store_true",
+                   help="run the HTTP clients in this process (default: in one child process)")
     p.add_argument("--out", default=None, help=f"directory of serve.jsonl (default {DEFAULT_OUT})")
     args = p.parse_args(argv)
     if args.clients > args.max_rows + args.max_queue:
@@ -89,73 +92,30 @@ def percentile(xs, q: float) -> float:
     return xs[k]
 
 
-# ------------------------------------------------------------------------------ load
+# ------------------------------------------------------------------------------ clients
 
-async def _one(client, url, body, stream: bool) -> dict:
-    t0 = time.perf_counter()
-    if not stream:
-        r = await client.post(url, json=body)
-        t1 = time.perf_counter()
-        if r.status_code != 200:
-            return dict(status=r.status_code, error=r.text[:200], latency=t1 - t0)
-        doc = r.json()
-        return dict(status=200, ids=doc["choices"][0]["token_ids"], latency=t1 - t0, ttft=None,
-                    tokens=doc["usage"]["completion_tokens"])
-    ids, ttft = [], None
-    async with client.stream("POST", url, json={**body, "stream": True}) as r:
-        if r.status_code != 200:
-            return dict(status=r.status_code, error=(await r.aread())[:200].decode(errors="replace"),
-                        latency=time.perf_counter() - t0)
-        async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            doc = json.loads(line[6:])
-            if "error" in doc:
-                return dict(status=500, error=str(doc["error"])[:200], latency=time.perf_counter() - t0)
-            new = doc["choices"][0]["token_ids"]
-            if new and ttft is None:
-                ttft = time.perf_counter() - t0
-            ids.extend(new)
-    return dict(status=200, ids=ids, latency=time.perf_counter() - t0, ttft=ttft, tokens=len(ids))
+class Clients:
+    """Runs a bench.serve_clients entry point in a spawned child process (default: the
+    server's process does server work only) or in this process (--clients-in-process)."""
+
+    def __init__(self, in_process: bool):
+        self._pool = None
+        if not in_process:
+            import concurrent.futures
+            import multiprocessing
+
+            self._pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+
+    def __call__(self, name: str, *args):
+        fn = getattr(serve_clients, name)
+        return fn(*args) if self._pool is None else self._pool.submit(fn, *args).result()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
 
 
-async def _load(url: str, prompts, args) -> tuple[list[dict], float]:
-    import httpx
-
-    work = itertools.count()
-    results: list[dict] = []
-    n_stream = int(round(args.stream_fraction * 100))
-    t0 = time.perf_counter()
-    deadline = t0 + args.seconds
-
-    async def client_loop(client):
-        while time.perf_counter() < deadline:
-            i = next(work)
-            key = (i % len(prompts), args.max_tokens[i % len(args.max_tokens)])
-            body = {"prompt": prompts[key[0]], "max_tokens": key[1], "temperature": 0, "strategy": args.strategy}
-            res = await _one(client, url + "/v1/completions", body, stream=(i % 100) < n_stream)
-            res["key"] = key
-            results.append(res)
-
-    limits = httpx.Limits(max_connections=args.clients, max_keepalive_connections=args.clients)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as client:
-        await asyncio.gather(*(client_loop(client) for _ in range(args.clients)))
-    return results, time.perf_counter() - t0
-
-
-async def _warm_up(url: str, prompts, args) -> None:
-    """One request per max_tokens, streamed and not, untimed: first-call costs (lazy
-    imports, first forwards of each shape) stay out of the measurement."""
-    import httpx
-
-    async with httpx.AsyncClient(timeout=httpx.Timeout(600.0)) as client:
-        for i, n in enumerate(args.max_tokens):
-            body = {"prompt": prompts[i % len(prompts)], "max_tokens": n, "temperature": 0, "strategy": args.strategy}
-            for stream in (False, True):
-                res = await _one(client, url + "/v1/completions", body, stream)
-                if res["status"] != 200:
-                    raise RuntimeError(f"warm-up request failed: {res.get('error')}")
-
+# ------------------------------------------------------------------------------ checks
 
 def check_outputs(model, prompts, results, strategy: str) -> tuple[int, list]:
     """Each distinct (prompt, max_tokens) against its solo generate; returns (checked, mismatches)."""
@@ -173,26 +133,6 @@ def check_outputs(model, prompts, results, strategy: str) -> tuple[int, list]:
 
 
 # ------------------------------------------------------------------------------ overhead
-
-async def _http_closed_loop(url, bodies, concurrency) -> tuple[int, float]:
-    import httpx
-
-    queue = list(reversed(bodies))
-    tokens = 0
-
-    async def worker(client):
-        nonlocal tokens
-        while queue:
-            body = queue.pop()
-            r = await client.post(url + "/v1/completions", json=body)
-            r.raise_for_status()
-            tokens += r.json()["usage"]["completion_tokens"]
-
-    t0 = time.perf_counter()
-    async with httpx.AsyncClient(timeout=httpx.Timeout(600.0)) as client:
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-    return tokens, time.perf_counter() - t0
-
 
 def _direct_closed_loop(engine, bodies, concurrency) -> tuple[int, float]:
     queue = list(reversed(bodies))
@@ -217,7 +157,7 @@ def _direct_closed_loop(engine, bodies, concurrency) -> tuple[int, float]:
     return tokens, time.perf_counter() - t0
 
 
-def overhead(srv, engine_kwargs, prompts, args) -> dict:
+def overhead(srv, engine_kwargs, prompts, args, clients: Clients) -> dict:
     from tridiff.engine import Engine
 
     bodies = [{"prompt": prompts[i % len(prompts)], "max_tokens": args.max_tokens[i % len(args.max_tokens)],
@@ -228,7 +168,7 @@ def overhead(srv, engine_kwargs, prompts, args) -> dict:
     for _ in range(args.overhead_reps):  # alternated: a change of machine load falls on both
         n, s = _direct_closed_loop(direct, bodies, args.overhead_clients)
         direct_runs.append(n / s)
-        n, s = asyncio.run(_http_closed_loop(srv.url, bodies, args.overhead_clients))
+        n, s = clients("closed_loop", srv.url, bodies, args.overhead_clients)
         http_runs.append(n / s)
     best_http, best_direct = max(http_runs), max(direct_runs)
     return dict(concurrency=args.overhead_clients, requests=args.overhead_requests,
@@ -247,11 +187,16 @@ def main(argv=None) -> int:
     prompts = load_prompts(model_dir, args.prompts)
     engine_kwargs = dict(max_rows=args.max_rows, max_context=args.max_context)
     state = make_state(model_dir, model=model, max_queue=args.max_queue, strategy=args.strategy, **engine_kwargs)
-    with BackgroundServer(state) as srv:
-        asyncio.run(_warm_up(srv.url, prompts, args))
-        results, wall = asyncio.run(_load(srv.url, prompts, args))
-        stats = state.loop.query_stats().result(timeout=60)
-        over = overhead(srv, engine_kwargs, prompts, args) if args.overhead_requests > 0 else None
+    clients = Clients(args.clients_in_process)
+    try:
+        with BackgroundServer(state) as srv:
+            clients("warm_up", srv.url, prompts, args.max_tokens, args.strategy)
+            results, wall = clients("load", srv.url, prompts, args.max_tokens, args.strategy, args.clients,
+                                    args.seconds, args.stream_fraction)
+            stats = state.loop.query_stats().result(timeout=60)
+            over = overhead(srv, engine_kwargs, prompts, args, clients) if args.overhead_requests > 0 else None
+    finally:
+        clients.close()
     ok = [r for r in results if r["status"] == 200]
     failed = [r for r in results if r["status"] != 200]
     checked, mismatches = check_outputs(model, prompts, results, args.strategy)
@@ -270,7 +215,7 @@ def main(argv=None) -> int:
                p50_ttft_s=percentile(ttft, 50) if ttft else None, p99_ttft_s=percentile(ttft, 99) if ttft else None,
                mean_latency_s=statistics.fmean(lat) if lat else None,
                completion_tokens=tokens, tokens_per_s=tokens / wall if wall else None,
-               overhead=over, **environment(next(model.parameters()).device))
+               clients_in_process=args.clients_in_process, overhead=over, **environment(next(model.parameters()).device))
     out_dir = Path(args.out) if args.out else DEFAULT_OUT
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "serve.jsonl", "a") as fh:
