@@ -47,8 +47,10 @@ def test_every_strategy_equals_solo_generate(client, server, bundled_model, bund
     assert (u.prompt_tokens, u.completion_tokens, u.total_tokens) == (len(ids), len(want.tokens),
                                                                       len(ids) + len(want.tokens))
     extra = u.model_extra
-    assert extra["strategy"] == strategy and extra["nfe"] == want.nfe
-    assert extra["tokens_per_forward"] == pytest.approx(len(want.tokens) / want.nfe)
+    assert extra["strategy"] == strategy
+    if strategy != "auto":  # auto's steps may run linear-spec (its NFE is then not AR's)
+        assert extra["nfe"] == want.nfe
+    assert extra["tokens_per_forward"] == pytest.approx(len(want.tokens) / extra["nfe"])
     if strategy in ("linear-spec", "quadratic-spec"):
         assert len(extra["accepted_lengths"]) > 0 and extra["mean_accepted"] >= 1.0
     if strategy == "auto":
