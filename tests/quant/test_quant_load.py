@@ -195,3 +195,21 @@ def test_cli_refuses_an_unknown_method_in_one_line(full_dir, tmp_path):
     assert r.stderr.strip().splitlines() == [
         "tridiff: error: config.json quantization_config.quant_method: 'awq' is not supported "
         "(tridiff loads GPTQ int4/int8 weight-only checkpoints)"]
+
+
+def test_gptqmodel_and_autogptq_spellings():
+    from tridiff.quant.config import parse_quant_config
+
+    # GPTQModel's normalised keys ("method", "format") and extra fields it writes
+    q = parse_quant_config({"method": "gptq", "format": "gptq", "bits": 4, "group_size": 128, "desc_act": False,
+                            "sym": True, "pack_dtype": "int32", "lm_head": False, "true_sequential": True,
+                            "meta": {"quantizer": ["gptqmodel:7.7.0"]}})
+    assert (q.bits, q.group_size, q.sym, q.zero_format, q.name) == (4, 128, True, "gptq", "int4-g128")
+    # AutoGPTQ 0.7: quant_method + checkpoint_format; per channel
+    q = parse_quant_config({"quant_method": "gptq", "checkpoint_format": "gptq_v2", "bits": 8, "group_size": -1,
+                            "desc_act": False, "sym": False})
+    assert (q.bits, q.group_of(640), q.sym, q.zero_format, q.name) == (8, 640, False, "gptq_v2", "int8-channel")
+    with pytest.raises(QuantConfigError, match=r"^quantization_config\.quant_method: 'awq' is not supported"):
+        parse_quant_config({"quant_method": "awq", "bits": 4, "group_size": 128})
+    with pytest.raises(QuantConfigError, match=r"^quantization_config\.quant_method: None is not supported"):
+        parse_quant_config({"group_size": 128})
