@@ -6,14 +6,14 @@
     loop.abort(handle)            # client gone: the engine frees its pages
     loop.stop()
 
-Commands (add, abort, stop) reach the thread through a thread-safe queue; the thread
-applies them between steps, runs engine.step() while the engine has work and blocks on
-the queue while it has none. Each RequestOutput goes to its request's asyncio queue by
-loop.call_soon_threadsafe. add_request's refusal (TridiffInputError: a bad argument)
-goes back to that request alone as a 400; any other exception from add_request or
-abort is that request's 500. An exception from step() is the engine's, not one
-request's: every running request is aborted and answered 500, and the loop goes on.
-Nothing a client sends ends the thread.
+Commands (add, abort, stats, stop) reach the thread through a thread-safe queue; the
+thread applies them between steps, runs engine.step() while the engine has work and
+blocks on the queue while it has none. Each RequestOutput goes to its request's asyncio
+queue by loop.call_soon_threadsafe (a step's outputs in one wake-up of the event loop).
+add_request's refusal (TridiffInputError: a bad argument) goes back to that request
+alone as a 400; any other exception from add_request or abort is that request's 500.
+An exception from step() is the engine's, not one request's: every running request is
+aborted and answered 500, and the loop goes on. Nothing a client sends ends the thread.
 
 `stats` is a snapshot (running, waiting, active, steps) written by the engine thread
 after each command batch and step (no host read: plain counts). query_stats() asks the
@@ -185,6 +185,7 @@ class EngineLoop:
             self._abort_all(ProtocolError(f"internal error in the engine step: {exc}", status=500,
                                           type="internal_error"))
             return
+        batch = []
         for out in outs:
             handle = self._active.get(out.request_id)
             if handle is None:  # aborted by its client: nobody waits for it
@@ -192,7 +193,8 @@ class EngineLoop:
             if out.finished:
                 handle.done = True
                 del self._active[out.request_id]
-            handle._push(("output", out))
+            batch.append((handle, ("output", out)))
+        _deliver(batch)
 
     def _abort_all(self, error: ProtocolError) -> None:
         for rid, handle in list(self._active.items()):
@@ -203,3 +205,21 @@ class EngineLoop:
                 log.exception("abort of request %s failed", rid)
             handle._push(("error", error))
         self._active.clear()
+
+
+def _deliver(batch) -> None:
+    """A step's outputs: one wake-up of each asyncio loop for all of them (not one per
+    request), in order, so the event loop thread takes the GIL once per step."""
+    by_loop: dict = {}
+    for handle, event in batch:
+        by_loop.setdefault(handle._aio, []).append((handle._events, event))
+    for aio, items in by_loop.items():
+        try:
+            aio.call_soon_threadsafe(_put_all, items)
+        except RuntimeError:  # that event loop is closed: nobody listens
+            pass
+
+
+def _put_all(items) -> None:
+    for events, event in items:
+        events.put_nowait(event)
