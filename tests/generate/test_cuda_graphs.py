@@ -52,16 +52,17 @@ def _state(run):
 def stand_in_graphs(monkeypatch):
     """Force the graphed path on CPU with a stand-in for warm-up and capture (no run is
     kept from another test, none is left behind)."""
-    log = {"warm": 0, "capture": 0, "replay": 0}
+    log = {"warm": 0, "capture": 0, "replay": 0, "pools": []}   # pools: (run, step name, pool) per capture
     graphs.KEPT.clear()
 
     def warm_up(fn):
         log["warm"] += 1
         fn()
 
-    def capture(fn):
+    def capture(fn, pool=None):
         log["capture"] += 1   # a real capture only records: nothing runs here
         run = fn.__self__
+        log["pools"].append((run, fn.__name__, pool))
         captured = _state(run)   # what a real graph would keep pointing at
 
         def replay():
@@ -75,6 +76,7 @@ def stand_in_graphs(monkeypatch):
                         lambda flag, mode, device, graphed: "strict" if mode in GRAPHED else False)
     monkeypatch.setattr(graphs, "warm_up", warm_up)
     monkeypatch.setattr(graphs, "capture", capture)
+    monkeypatch.setattr(graphs, "new_pool", object, raising=False)   # a distinct token per pool
     yield log
     graphs.KEPT.clear()
 
@@ -129,6 +131,27 @@ def test_kept_run_changes_with_the_arguments(model, prompts, stand_in_graphs):
     assert model not in graphs.KEPT
 
 
+@pytest.mark.parametrize("extra", [{"threshold": 0.6}, {"threshold": 0.6, "temperature": 1.0, "rule": "lossless"}],
+                         ids=["thr", "thr-T1-lossless"])
+def test_the_graphs_of_one_run_share_one_pool(model, prompts, stand_in_graphs, extra):
+    """Every step captured for one run gets the same memory pool (one
+    torch.cuda.graph_pool_handle() per run, not a private pool per graph); another run
+    gets its own, and a kept run replays without asking for one."""
+    pools = stand_in_graphs["pools"]
+    kw = dict(mode="linear-spec", max_new_tokens=2 * N, block_length=L, eos_id=-1, seed=5, **extra)
+    generate(model, prompts, **kw)
+    run = graphs.KEPT[model][1]
+    assert len({name for _, name, _ in pools}) >= 2, pools   # a threshold draft captures several steps
+    assert all(r is run for r, _, _ in pools)
+    first = pools[0][2]
+    assert first is not None and all(pool is first for _, _, pool in pools)
+    generate(model, prompts, **dict(kw, seed=6))              # the kept run: replays, no capture
+    assert all(r is run for r, _, _ in pools)
+    generate(model, prompts[:2], **kw)                         # another batch: a new run, a new pool
+    later = [pool for r, _, pool in pools if r is not run]
+    assert later and all(pool is later[0] for pool in later) and later[0] is not first
+
+
 def test_cuda_graphs_argument(model, prompts, monkeypatch):
     kw = dict(max_new_tokens=N, block_length=L, eos_id=-1)
     with pytest.raises(TridiffInputError, match="cuda_graphs"):
@@ -158,11 +181,12 @@ def test_failed_capture(model, prompts, monkeypatch, strict):
     kw = dict(mode="linear-spec", max_new_tokens=N, block_length=L, eos_id=-1, temperature=1.0, seed=3)
     eager = generate(model, prompts, **kw)
 
-    def capture(fn):
+    def capture(fn, pool=None):
         raise RuntimeError("operation not permitted when stream is capturing")
     monkeypatch.setattr(graphs, "use_graphs", lambda flag, mode, device, graphed: "strict" if strict else True)
     monkeypatch.setattr(graphs, "warm_up", lambda fn: fn())
     monkeypatch.setattr(graphs, "capture", capture)
+    monkeypatch.setattr(graphs, "new_pool", object)
     if strict:
         with pytest.raises(RuntimeError, match="capturing"):
             generate(model, prompts, **kw)
@@ -181,9 +205,9 @@ def graph_log(monkeypatch):
     real = graphs.capture
     graphs.KEPT.clear()
 
-    def capture(fn):
+    def capture(fn, pool=None):
         log["capture"] += 1
-        replay = real(fn)
+        replay = real(fn, pool)
 
         def counted():
             log["replay"] += 1

@@ -12,8 +12,14 @@ KEPT under its RunShape; the next generate call with an equal shape refills the 
 in place and replays from its first iteration, with no warm-up and no capture (which
 synchronises the device). release_graphs(model) drops it.
 
-warm_up, capture, use_graphs and KEPT are looked up at call time, so tests can replace
-them (tests/generate/test_cuda_graphs.py drives the bookkeeping on CPU that way).
+The graphs of one run share one memory pool (new_pool, made at the run's first
+capture): a step leaves nothing allocated behind (it writes the run's buffers in place;
+the tests check it never rebinds or reallocates one), so one graph's temporaries are
+dead whenever another graph of the run replays, in any order, and the run's graphs
+never replay concurrently (one stream). One pool instead of a private pool per graph.
+
+warm_up, capture, new_pool, use_graphs and KEPT are looked up at call time, so tests can
+replace them (tests/generate/test_cuda_graphs.py drives the bookkeeping on CPU that way).
 """
 from __future__ import annotations
 
@@ -28,6 +34,8 @@ GRAPH_CAPACITY_STEP = 256   # graphed runs round the cache capacity up to this, 
 
 # model -> (RunShape, run): the last graphed run of each model, kept for the next call.
 KEPT: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+# run -> the memory pool its graphs share (for as long as the run lives).
+POOLS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def kept_run(model, shape):
@@ -80,7 +88,7 @@ class Graphed:
                 self.warm = True
                 return
             try:
-                self.replay = capture(self.fn)
+                self.replay = capture(self.fn, run_pool(getattr(self.fn, "__self__", self.fn)))
             except Exception as exc:   # a failed capture ran nothing: the state is intact
                 if self.strict:
                     raise
@@ -99,9 +107,22 @@ def warm_up(fn) -> None:
     torch.cuda.current_stream().wait_stream(side)
 
 
-def capture(fn):
-    """Record fn into a CUDA graph (nothing runs) and return its replay."""
+def run_pool(run):
+    """The memory pool shared by the graphs of `run` (the run a step is a method of)."""
+    pool = POOLS.get(run)
+    if pool is None:
+        pool = POOLS[run] = new_pool()
+    return pool
+
+
+def new_pool():
+    return torch.cuda.graph_pool_handle()
+
+
+def capture(fn, pool=None):
+    """Record fn into a CUDA graph (nothing runs), its memory from `pool` (a private
+    pool if None), and return its replay."""
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, pool=pool):
         fn()
     return graph.replay
