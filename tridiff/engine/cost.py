@@ -7,17 +7,18 @@ each in both). A request is expected to emit 1 token per step by AR and a_r by l
 (a_r: the mean accepted per verify it has seen, a prior until it has one). Among the
 assignments that give linear to the k requests with the highest a_r (k = 0..n: for a
 fixed k those are the best ones to give it), take the one with the most expected tokens
-per second for the whole step. Requests with a fixed strategy add their rows to the
-calls first (their cost is paid anyway; auto rows sharing a call pay only their share
-of its growth).
+per unit of cost for the whole step. Requests with a fixed strategy are in the sum too:
+their rows sit in the calls first (an auto row joining a call pays only its growth) and
+their tokens count.
 
 The forward-cost table: relative cost against rows, per device kind. Shipped defaults
 (cost_tables.json): "cpu" measured by bench/bench_engine.py on this project's CPU
 machine with the bundled model; "cuda" from the H100 predictions in bench/NOTES.md
 (memory-bound: flat until the rows' FLOPs reach the weight bytes' time). A bench run on
 a machine writes its own table (Engine(cost_table=...) or TRIDIFF_ENGINE_COSTS=path).
-The engine also times its own calls (CPU only: a CUDA call would need a sync) and keeps
-an average per row bucket, which replaces the table's entry once seen.
+With the default table the engine also times its own calls (CPU only: a CUDA call would
+need a sync) and keeps an average per row bucket; the table's shape, scaled to the
+nearest measured bucket, then gives the cost (Engine(calibrate=...)).
 """
 from __future__ import annotations
 
@@ -81,14 +82,16 @@ class CostModel:
         t = (math.log(rows) - math.log(r[i - 1])) / (math.log(r[i]) - math.log(r[i - 1]))
         return math.exp((1 - t) * math.log(c[i - 1]) + t * math.log(c[i]))
 
-    def choose(self, accepted: Sequence[float], L: Sequence[int], fixed_rows: Dict[tuple, int]) -> List[bool]:
+    def choose(self, accepted: Sequence[float], L: Sequence[int], fixed_rows: Dict[tuple, int],
+               fixed_tokens: float = 0.0) -> List[bool]:
         """For auto requests with mean accepted[i] and block length L[i]: True where linear.
-        fixed_rows: rows already in each call, keyed ("ar",) or ("draft"/"verify", L)."""
+        fixed_rows: rows the fixed-strategy requests put in each call, keyed ("ar",) or
+        ("draft"/"verify", L); fixed_tokens: the tokens they are expected to emit."""
         order = sorted(range(len(accepted)), key=lambda i: -accepted[i])
         best, best_k = -1.0, 0
         for k in range(len(order) + 1):
             rows = dict(fixed_rows)
-            tokens = 0.0
+            tokens = fixed_tokens
             for j, i in enumerate(order):
                 if j < k:
                     for kind in ("draft", "verify"):

@@ -67,7 +67,11 @@ class RequestOutput:
 class Engine:
     def __init__(self, model, *, max_rows: int = 32, max_context: Optional[int] = None, page_size: int = 16,
                  num_pages: Optional[int] = None, prefill_chunk: int = 64, prefill_budget: Optional[int] = None,
-                 backend: str = "auto", cost_table=None):
+                 backend: str = "auto", cost_table=None, calibrate: Optional[bool] = None):
+        """cost_table: strategy auto's forward-cost table (tridiff.engine.cost.load_table: a
+        dict, a JSON path, or None for $TRIDIFF_ENGINE_COSTS or the shipped default).
+        calibrate: time the engine's own CPU calls and let them rescale the table (default:
+        on with the default table, off with a table given here, which is taken as is)."""
         def positive(name, v):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise TridiffInputError(f"{name}: expected a positive int, got {v!r}")
@@ -93,6 +97,7 @@ class Engine:
         self.pool = PagePool(model, max_rows=max_rows, max_context=self.max_context, page_size=self.page_size,
                              num_pages=num_pages)
         self.costs = CostModel(load_table(cost_table, self.device.type))
+        self.calibrate = (cost_table is None) if calibrate is None else bool(calibrate)
         self._ids = itertools.count()
         self.waiting: collections.deque = collections.deque()
         self.running: Dict[int, Request] = {}
@@ -233,22 +238,25 @@ class Engine:
         run = {}
         auto = []
         fixed_rows: Dict[tuple, int] = collections.Counter()
+        fixed_tokens = 0.0
         for r in self.running.values():
             s = r.settings
             if s.strategy != "auto":
                 run[r.id] = s.strategy
                 if r.phase == Phase.DECODE and s.strategy == "ar":
                     fixed_rows[("ar",)] += 1
+                    fixed_tokens += 1.0
                 elif r.phase == Phase.DECODE and s.strategy == "linear-spec":
                     fixed_rows[("draft", s.block_length)] += s.block_length
                     fixed_rows[("verify", s.block_length)] += s.block_length
+                    fixed_tokens += r.mean_accepted() or PRIOR_ACCEPTED
             elif r.phase != Phase.DECODE or s.temperature > 0:
                 run[r.id] = "ar"
             else:
                 auto.append(r)
         if auto:
             acc = [r.mean_accepted() or PRIOR_ACCEPTED for r in auto]
-            use = self.costs.choose(acc, [r.settings.block_length for r in auto], dict(fixed_rows))
+            use = self.costs.choose(acc, [r.settings.block_length for r in auto], dict(fixed_rows), fixed_tokens)
             for r, lin in zip(auto, use):
                 run[r.id] = "linear-spec" if lin else "ar"
         return run
@@ -274,7 +282,8 @@ class Engine:
             c.program = fn
             for r, s in members:
                 r.running_as = s
-                self._ran[r.id][s] += 1
+                if r.phase == Phase.DECODE:   # iterations only: every strategy shares the prefill
+                    self._ran[r.id][s] += 1
             cohorts.append(c)
         return cohorts
 
@@ -328,7 +337,7 @@ class Engine:
             start = time.perf_counter()
             logits = self.model.forward(tokens, view, modes=modes, mode_args=mode_args, q_lens=q_lens,
                                         positions=positions, kv=kv, adapter=adapter, backend=self.backend)
-            if dev.type == "cpu":
+            if self.calibrate and dev.type == "cpu":
                 self.costs.observe(tokens.numel(), time.perf_counter() - start)
             if kv != "none":
                 view.write_back()
