@@ -1,14 +1,21 @@
-"""python -m tridiff.train --out DIR [--work DIR] [--resume] [--steps N] [--objective joint|ar]"""
+"""python -m tridiff.train --out DIR [--work DIR] [--resume] [--steps N] [--objective joint|ar]
+   python -m tridiff.train --drafter-lora --base DIR --out DIR [...]   (tridiff.train.drafter_loop)"""
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import os
+import sys
 
 from tridiff.train.loop import TrainSettings, train
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--drafter-lora" in argv:   # the drafter adapter of a trained base: its own options
+        from tridiff.train.drafter_loop import main as drafter_main
+
+        return drafter_main([a for a in argv if a != "--drafter-lora"])
     p = argparse.ArgumentParser(prog="python -m tridiff.train",
                                 description="Train the small tri-mode model on the Python standard library.")
     p.add_argument("--out", required=True, help="where the checkpoint (config.json, model.safetensors, "
