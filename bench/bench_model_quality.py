@@ -1,5 +1,6 @@
 """What the bundled trained model shows: readable greedy text, accepted drafts from
-real held-out contexts, and lossless self-speculation (CPU, float32, temperature 0).
+real held-out contexts, and lossless self-speculation (CPU, float32), with its drafter
+adapter (linear_spec_lora, used in draft forwards only) on and off.
 
     python -m bench.bench_model_quality [--model DIR] [--prompts 20] [--prefixes 256]
 
@@ -9,11 +10,18 @@ Prints a table and appends one JSON row to bench/results/model_quality.jsonl.
                     no 4-gram more than 3 times in any completion
   real prefixes     one linear self-speculation iteration (draft + verify) from each
                     of N prefixes drawn across the held-out files: mean accepted
-                    tokens per verify at block 16 and 32; quadratic self-speculation
-                    over a 16-token continuation of each: accepted per verify
+                    tokens per verify at block 16 and 32, adapter on and off;
+                    quadratic self-speculation over a 16-token continuation of each:
+                    accepted per verify and tokens per forward, full and pruned to
+                    k = 4 anchors (the QUADRATIC forward never uses the adapter)
   completions       the four modes on the 20 prompts, batch 1: tokens per forward,
                     mean accepted, wall-clock tokens/s vs AR; linear and quadratic
-                    outputs compared with AR greedy token for token
+                    outputs compared with AR greedy token for token; linear and
+                    diffusion also with the adapter off ("no adapter" rows)
+  sampled           linear self-speculation at temperature 0.8 with the lossless rule
+                    (its output is distributed as AR sampling) on the 20 prompts, adapter
+                    on and off: mean accepted per verify, and how many of the sampled
+                    64-token completions pass the readability gate
   losses            held-out AR loss of the model and of the AR-only baseline
                     (training.json files written by python -m tridiff.train)
 """
@@ -38,6 +46,8 @@ from tridiff.train import heldout
 
 NEW_TOKENS = 64
 BLOCK = 16
+SAMPLED_T = 0.8
+PRUNED_ANCHORS = 4
 BASELINE_SUMMARY = Path(__file__).resolve().parent / "results" / "ar_only_baseline_training.json"
 
 
@@ -45,6 +55,11 @@ def gate_stats(tokens: list[int]) -> tuple[float, int]:
     """(share of distinct tokens, the most times any 4-gram occurs)."""
     grams = collections.Counter(tuple(tokens[i:i + 4]) for i in range(len(tokens) - 3))
     return len(set(tokens)) / max(len(tokens), 1), max(grams.values(), default=0)
+
+
+def passes_gate(tokens: list[int]) -> bool:
+    distinct, repeats = gate_stats(tokens)
+    return distinct >= 0.5 and repeats <= 3
 
 
 def run_interleaved(model, prompts, runs: dict) -> dict:
@@ -83,10 +98,17 @@ def main(argv=None) -> int:
     generate(model, [ids[0]], mode="ar", max_new_tokens=4)  # warm-up (imports, allocator)
 
     # ---- completions, batch 1 -------------------------------------------------------------
-    modes = {
-        "linear-spec": dict(mode="linear-spec", block_length=BLOCK, threshold=0.0),
+    linear = dict(mode="linear-spec", block_length=BLOCK, threshold=0.0)
+    diffusion = dict(mode="diffusion", block_length=BLOCK, threshold=0.9)
+    sampled = dict(linear, temperature=SAMPLED_T, rule="lossless", seed=0)
+    modes = {   # greedy rows: the first three are the adapter's default (on)
+        "linear-spec": linear,
         "quadratic-spec": dict(mode="quadratic-spec", block_length=BLOCK),
-        "diffusion": dict(mode="diffusion", block_length=BLOCK, threshold=0.9),
+        "diffusion": diffusion,
+        "linear-spec no adapter": dict(linear, adapter=False),
+        "diffusion no adapter": dict(diffusion, adapter=False),
+        f"linear-spec T{SAMPLED_T}": sampled,
+        f"linear-spec T{SAMPLED_T} no adapter": dict(sampled, adapter=False),
     }
     runs = run_interleaved(model, ids, {"ar-long": dict(mode="ar", max_new_tokens=NEW_TOKENS + BLOCK),
                                         "ar": dict(mode="ar", max_new_tokens=NEW_TOKENS),
@@ -96,7 +118,7 @@ def main(argv=None) -> int:
     gates = [gate_stats(t) for t in ar64]
     distinct = sum(g[0] for g in gates) / len(gates)
     worst_repeat = max(g[1] for g in gates)
-    passing = [i for i, g in enumerate(gates) if g[0] >= 0.5 and g[1] <= 3]
+    passing = [i for i, t in enumerate(ar64) if passes_gate(t)]
     ar_only, ar_only_s = runs["ar"]
     rows = {"ar": dict(tokens=sum(len(r.tokens) for r in ar_only), nfe=sum(r.nfe for r in ar_only),
                        seconds=ar_only_s)}
@@ -107,8 +129,11 @@ def main(argv=None) -> int:
         rows[name] = dict(tokens=sum(len(r.tokens) for r in res), nfe=sum(r.nfe for r in res), seconds=sec,
                           gated_tokens_per_forward=sum(len(r.tokens) for r in gated) / max(sum(r.nfe for r in gated), 1),
                           mean_accepted=(sum(r.mean_accepted * r.iterations for r in res if r.iterations)
-                                         / max(sum(r.iterations for r in res), 1)) if name != "diffusion" else None)
-        if name != "diffusion":  # lossless: every row equals AR greedy (to its own length / eos)
+                                         / max(sum(r.iterations for r in res), 1))
+                          if not name.startswith("diffusion") else None)
+        if "temperature" in modes[name]:   # sampled: readable completions, not AR greedy's
+            rows[name]["gate_passing"] = sum(passes_gate(r.tokens[:NEW_TOKENS]) for r in res)
+        elif not name.startswith("diffusion"):  # lossless: every row equals AR greedy (to its length / eos)
             lossless[name] = all(r.tokens == a.tokens[:len(r.tokens)] for r, a in zip(res, ar))
         rows[name]["samples"] = [tok.decode(r.tokens) for r in res[:2]]
     for name, row in rows.items():
@@ -119,13 +144,18 @@ def main(argv=None) -> int:
     # ---- acceptance from real prefixes -------------------------------------------------------
     prefixes = heldout.real_prefixes(tok, args.prefixes)
     real = {}
-    for L in (16, 32):  # prefill gives the seed (token 1); max_new_tokens 2 -> exactly one iteration
-        res = in_chunks(model, prefixes, 32, mode="linear-spec", max_new_tokens=2, block_length=L, eos_id=-1)
-        assert all(r.iterations == 1 for r in res)
-        real[f"linear_L{L}_accepted"] = sum(r.mean_accepted for r in res) / len(res)
-    res = in_chunks(model, prefixes, 16, mode="quadratic-spec", max_new_tokens=BLOCK, block_length=BLOCK, eos_id=-1)
-    real["quadratic_L16_accepted"] = sum(r.mean_accepted * r.iterations for r in res) / sum(r.iterations for r in res)
-    real["quadratic_L16_tokens_per_forward"] = sum(len(r.tokens) for r in res) / sum(r.nfe for r in res)
+    for adapter, tag in ((True, ""), (False, "_no_adapter")):
+        for L in (16, 32):  # prefill gives the seed (token 1); max_new_tokens 2 -> exactly one iteration
+            res = in_chunks(model, prefixes, 32, mode="linear-spec", max_new_tokens=2, block_length=L, eos_id=-1,
+                            adapter=adapter)
+            assert all(r.iterations == 1 for r in res)
+            real[f"linear_L{L}_accepted{tag}"] = sum(r.mean_accepted for r in res) / len(res)
+    for anchors, tag in ((None, ""), (PRUNED_ANCHORS, f"_k{PRUNED_ANCHORS}")):
+        res = in_chunks(model, prefixes, 16, mode="quadratic-spec", max_new_tokens=BLOCK, block_length=BLOCK,
+                        eos_id=-1, anchors=anchors)
+        real[f"quadratic_L16_accepted{tag}"] = (sum(r.mean_accepted * r.iterations for r in res)
+                                                / sum(r.iterations for r in res))
+        real[f"quadratic_L16_tokens_per_forward{tag}"] = sum(len(r.tokens) for r in res) / sum(r.nfe for r in res)
 
     # ---- losses ------------------------------------------------------------------------------
     def summary(path):
@@ -140,12 +170,15 @@ def main(argv=None) -> int:
               "ar_only_baseline_heldout_ar_loss": base and base["heldout_ar_loss"],
               "steps": own and own["settings"]["steps"], "baseline_steps": base and base["settings"]["steps"]}
 
+    lora = model.config.lora
     record = {"bench": "model_quality", "model": os.path.basename(os.path.normpath(model_dir)),
+              "adapter": lora and {"rank": lora.rank, "alpha": lora.alpha},
               "prompts": len(ids), "prefixes": len(prefixes), "new_tokens": NEW_TOKENS, "block": BLOCK,
               "gate": {"mean_distinct": distinct, "max_4gram_repeats": worst_repeat, "passing": len(passing)},
               "real_prefixes": real, "completions": rows, "lossless": lossless, "losses": losses,
               "completions_text": [{"prompt": p["text"], "file": p["file"], "line": p["first_line"],
                                     "completion": tok.decode(t)} for p, t in zip(prompts[:3], ar64[:3])],
+              "sampled_text": [tok.decode(r.tokens[:NEW_TOKENS]) for r in runs[f"linear-spec T{SAMPLED_T}"][0][:3]],
               **environment(torch.device("cpu"))}
     out = Path(args.out) if args.out else DEFAULT_OUT
     out.mkdir(parents=True, exist_ok=True)
@@ -155,21 +188,28 @@ def main(argv=None) -> int:
     print(f"model {model_dir}  device {record['device']}  float32, greedy, block {BLOCK}")
     print(f"readability gate: mean distinct {distinct:.2f} (>= 0.50), worst 4-gram repeats {worst_repeat} (<= 3), "
           f"{len(passing)}/{len(ids)} completions pass")
+    print(f"adapter: {record['adapter'] or 'none'}")
     print(f"real prefixes ({len(prefixes)}): linear accepted/verify L16 {real['linear_L16_accepted']:.2f} "
-          f"L32 {real['linear_L32_accepted']:.2f}; quadratic L16 accepted/verify "
-          f"{real['quadratic_L16_accepted']:.2f} (tokens/forward {real['quadratic_L16_tokens_per_forward']:.2f})")
-    print(f"{'mode':<16}{'tokens':>7}{'NFE':>6}{'tok/fwd':>9}{'gated':>7}{'accepted':>10}{'tok/s':>8}"
-          f"{'vs AR':>7}{'== AR':>7}")
+          f"(no adapter {real['linear_L16_accepted_no_adapter']:.2f}) L32 {real['linear_L32_accepted']:.2f} "
+          f"(no adapter {real['linear_L32_accepted_no_adapter']:.2f}); quadratic L16 accepted/verify "
+          f"{real['quadratic_L16_accepted']:.2f} (tokens/forward {real['quadratic_L16_tokens_per_forward']:.2f}, "
+          f"k={PRUNED_ANCHORS} {real[f'quadratic_L16_tokens_per_forward_k{PRUNED_ANCHORS}']:.2f})")
+    print(f"{'mode':<30}{'tokens':>7}{'NFE':>6}{'tok/fwd':>9}{'gated':>7}{'accepted':>10}{'tok/s':>8}"
+          f"{'vs AR':>7}{'== AR':>7}{'gate':>6}")
     for name, row in rows.items():
         acc = row.get("mean_accepted")
         same = {True: "yes", False: "NO"}.get(lossless.get(name), "-")
         gated = row.get("gated_tokens_per_forward")
-        print(f"{name:<16}{row['tokens']:>7}{row['nfe']:>6}{row['tokens_per_forward']:>9.2f}"
+        gate = row.get("gate_passing")
+        print(f"{name:<30}{row['tokens']:>7}{row['nfe']:>6}{row['tokens_per_forward']:>9.2f}"
               f"{'' if gated is None else f'{gated:.2f}':>7}{'' if acc is None else f'{acc:.2f}':>10}"
-              f"{row['tokens_per_s']:>8.1f}{row['speedup_vs_ar']:>6.2f}x{same:>7}")
+              f"{row['tokens_per_s']:>8.1f}{row['speedup_vs_ar']:>6.2f}x{same:>7}"
+              f"{'' if gate is None else f'{gate}/{len(ids)}':>6}")
     print(f"held-out AR loss {losses['heldout_ar_loss']}, AR-only baseline {losses['ar_only_baseline_heldout_ar_loss']}")
     for c in record["completions_text"]:
         print(f"--- {c['file']}:{c['line']}\n{c['prompt']}>>>{c['completion']}")
+    for c, text in zip(record["completions_text"], record["sampled_text"]):
+        print(f"--- sampled (T={SAMPLED_T}, lossless linear self-speculation) {c['file']}:{c['line']}\n>>>{text}")
     return 0
 
 
