@@ -3,7 +3,8 @@
     tridiff generate (--prompt TEXT | --prompt-ids 1,2,3 [--prompt-ids ...]) [--model DIR|NAME]
                      [--mode {ar,diffusion,linear-spec,quadratic-spec}] [--max-new-tokens N]
                      [--block-length L] [--threshold X] [--temperature T] [--seed S]
-                     [--anchors K | --anchors 0,1,3,7] [--device cpu|cuda] [--dtype float32|float16|bfloat16] [--json]
+                     [--anchors K | --anchors 0,1,3,7] [--device cpu|cuda] [--dtype float32|float16|bfloat16]
+                     [--no-adapter] [--json]
     tridiff demo [--model DIR|NAME] [--max-new-tokens N]
     tridiff quantize [--bits 4|8] [--group 128|64|-1] [--asym] IN OUT   (GPTQ layout; tridiff.quant)
     tridiff serve [--model DIR|NAME] [--host H] [--port N] [--max-rows R] [--max-queue Q]
@@ -71,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--cuda-graphs", choices=("auto", "on", "off"), default="auto",
                    help="replay each AR / self-speculation iteration as a CUDA graph: auto = on for a "
                         "CUDA model (falls back to eager with a warning), on = required, off = eager")
+    g.add_argument("--no-adapter", action="store_true",
+                   help="draft without the checkpoint's drafter LoRA (linear_spec_lora; on by default)")
     g.add_argument("--json", action="store_true", help="print one JSON object")
 
     d = sub.add_parser("demo", help="complete held-out Python prompts with the bundled model in all four modes")
@@ -196,7 +199,7 @@ def _generate(args) -> int:
     out = generate(model, prompts, mode=args.mode, max_new_tokens=args.max_new_tokens,
                    block_length=args.block_length, threshold=threshold, temperature=args.temperature,
                    rule=args.rule, seed=args.seed, backend=args.backend,
-                   eos_check_every=args.eos_check_every, anchors=args.anchors,
+                   eos_check_every=args.eos_check_every, anchors=args.anchors, adapter=not args.no_adapter,
                    cuda_graphs={"auto": None, "on": True, "off": False}[args.cuda_graphs])
     rows = [{"prompt_ids": r.prompt_ids, "tokens": r.tokens,
              "text": tok.decode(r.tokens) if tok is not None else None,
