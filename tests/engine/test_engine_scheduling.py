@@ -89,7 +89,8 @@ def test_stop_ids_end_a_request(model, prompts, solo):
     ({"temperature": -1.0}, "temperature"),
     ({"rule": "fast"}, "rule"),
     ({"stop_ids": [10 ** 9]}, "stop_ids"),
-    ({"max_new_tokens": 10 ** 6}, "prompt_ids"),
+    ({"max_new_tokens": 10 ** 6}, "max_new_tokens"),
+    ({"max_new_tokens": 252, "strategy": "ar"}, "prompt_ids"),
 ])
 def test_bad_requests_are_named_and_queue_nothing(model, prompts, kw, arg):
     eng = Engine(model, max_rows=2, max_context=256, prefill_chunk=16)

@@ -159,7 +159,11 @@ def check_settings(cfg, prompt, *, strategy, max_new_tokens, temperature, thresh
         if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < cfg.vocab_size:
             bad("stop_ids", f"token ids in [0, {cfg.vocab_size})", repr(t))
         stops.append(t)
-    need = len(ids) + extra_len(strategy, max_new_tokens, L, anchors)
+    extra = extra_len(strategy, max_new_tokens, L, anchors)
+    if extra >= max_context:
+        bad("max_new_tokens", f"a generation that fits the engine's context of {max_context} positions",
+            f"{max_new_tokens} ({extra} positions for {strategy} before any prompt)")
+    need = len(ids) + extra
     if need > max_context:
         bad("prompt_ids", f"prompt + generation within the engine's context of {max_context} positions",
             f"{need} positions (prompt {len(ids)}, {strategy}, max_new_tokens {max_new_tokens})")
