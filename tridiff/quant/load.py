@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from tridiff import checkpoint as ckpt
-from tridiff.quant.config import PROJECTIONS, QuantConfig, projection_shapes
+from tridiff.quant.config import PACKED_SUFFIXES, PROJECTIONS, QuantConfig, projection_shapes
 from tridiff.quant.gptq import default_g_idx
 from tridiff.quant.packed import PackedLinear
 
@@ -152,7 +152,7 @@ def build_model(config, weights, *, device="cpu", dtype: Optional[torch.dtype] =
             packed = PackedLinear(K, N, weights.bits, weights.group_of(K), zero_format=weights.zero_format,
                                   device=device, scale_dtype=sd)
             setattr(parent, proj, packed)
-            for suffix in ("qweight", "qzeros", "scales", "g_idx"):
+            for suffix in PACKED_SUFFIXES:
                 targets[f"{prefix}.{suffix}"] = getattr(packed, suffix)
     model.weight_format = "bf16" if bf16 else weights.name
     if not bf16:
