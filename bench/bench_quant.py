@@ -20,7 +20,8 @@ precision vs `tridiff quantize --bits 4 --group 128` (and bf16 weights): held-ou
 on 64 fixed windows of 256 tokens of the held-out split (tridiff.train.loop's
 fixed_windows over the held-out files), greedy agreement over the 20 held-out prompts
 of bench.bench_model_quality (64 AR tokens each), and linear self-speculation's tokens
-per forward on the same prompts (block 16). NFE and tokens, no timing.
+per forward on the same prompts (block 16; drafts with the checkpoint's drafter LoRA,
+kept in full precision, when it ships one). NFE and tokens, no timing.
 """
 from __future__ import annotations
 
@@ -235,7 +236,8 @@ def run_quality(quick: bool = False, out_dir=None) -> dict:
         ar[name] = generate(model, prompts, mode="ar", max_new_tokens=new_tokens, eos_id=-1).results
         lin = generate(model, prompts, mode="linear-spec", max_new_tokens=new_tokens, block_length=16,
                        eos_id=-1).results
-        out[name] = {"weight_format": model.weight_format, "heldout_ar_loss": heldout_loss(model, windows),
+        out[name] = {"weight_format": model.weight_format, "drafter_lora": model.has_adapter,
+                     "heldout_ar_loss": heldout_loss(model, windows),
                      "linear_tokens_per_forward": sum(len(r.tokens) for r in lin) / sum(r.nfe for r in lin),
                      "linear_equals_ar": all(r.tokens == a.tokens[:len(r.tokens)]
                                              for r, a in zip(lin, generate(model, prompts, mode="ar",
