@@ -5,7 +5,7 @@
                      [--block-length L] [--threshold X] [--temperature T] [--seed S]
                      [--anchors K | --anchors 0,1,3,7] [--device cpu|cuda] [--dtype float32|float16|bfloat16]
                      [--no-adapter] [--json]
-    tridiff demo [--model DIR|NAME] [--max-new-tokens N]
+    tridiff demo [--model DIR|NAME] [--max-new-tokens N] [--no-adapter]
     tridiff quantize [--bits 4|8] [--group 128|64|-1] [--asym] IN OUT   (GPTQ layout; tridiff.quant)
     tridiff serve [--model DIR|NAME] [--host H] [--port N] [--max-rows R] [--max-queue Q]
                   [--strategy auto|ar|...] [...]   (OpenAI-compatible HTTP; tridiff.serve)
@@ -79,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="complete held-out Python prompts with the bundled model in all four modes")
     d.add_argument("--model", default=None, help="checkpoint directory or bundled model name (default: bundled)")
     d.add_argument("--max-new-tokens", type=int, default=64, help="a multiple of the model's block_size")
+    d.add_argument("--no-adapter", action="store_true", help="load the model without its drafter LoRA")
 
     q = sub.add_parser("quantize", help="write a GPTQ-layout int4/int8 copy of a checkpoint (round-to-nearest)")
     from tridiff.quant.export import add_arguments as quantize_arguments
@@ -116,7 +117,7 @@ def main(argv=None) -> int:
         if args.command == "demo":
             from tridiff.demo import run_demo
 
-            return run_demo(_resolve_model(args.model), args.max_new_tokens)
+            return run_demo(_resolve_model(args.model), args.max_new_tokens, adapter=not args.no_adapter)
         if args.command == "quantize":
             from tridiff.quant.export import main as quantize_main
 

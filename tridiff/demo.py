@@ -1,5 +1,9 @@
 """`tridiff demo`: held-out Python prompts completed by a trained model in all four
 decoding modes, with the completions and a table of forwards, acceptance and speed.
+Linear self-speculation and diffusion also run without the drafter adapter
+(linear_spec_lora, draft forwards only; the "/no-adapter" rows), and one row samples
+by linear self-speculation at temperature 0.8 with the lossless rule (distributed
+exactly as AR sampling), its completions printed.
 
 The prompts come from demo_prompts.json beside the checkpoint (the bundled model
 ships held-out snippets of the standard library it was not trained on).
@@ -17,6 +21,8 @@ from tridiff.model import Model
 from tridiff.tokenizer import Tokenizer
 
 SPEC_MODES = ("linear-spec", "quadratic-spec")
+SAMPLED_T = 0.8
+SAMPLED = f"linear-spec/T{SAMPLED_T}"
 
 
 def _prompts(model_dir: str) -> list[dict]:
@@ -31,9 +37,9 @@ def _tail(text: str, lines: int = 4) -> str:
     return "".join(text.splitlines(keepends=True)[-lines:])
 
 
-def run_demo(model_dir: str, max_new_tokens: int = 64) -> int:
+def run_demo(model_dir: str, max_new_tokens: int = 64, adapter: bool = True) -> int:
     torch.manual_seed(0)
-    model = Model.from_pretrained(model_dir, dtype=torch.float32)
+    model = Model.from_pretrained(model_dir, dtype=torch.float32, adapter="auto" if adapter else False)
     tok = Tokenizer.from_pretrained(model_dir)
     prompts = _prompts(model_dir)
     L = model.config.block_length
@@ -45,9 +51,15 @@ def run_demo(model_dir: str, max_new_tokens: int = 64) -> int:
             "diffusion": dict(mode="diffusion", max_new_tokens=max_new_tokens, threshold=0.9),
             "linear-spec": dict(mode="linear-spec", max_new_tokens=max_new_tokens, threshold=0.0),
             "quadratic-spec": dict(mode="quadratic-spec", max_new_tokens=max_new_tokens)}
+    if model.has_adapter:
+        runs["diffusion/no-adapter"] = dict(runs["diffusion"], adapter=False)
+        runs["linear-spec/no-adapter"] = dict(runs["linear-spec"], adapter=False)
+    runs[SAMPLED] = dict(runs["linear-spec"], temperature=SAMPLED_T, rule="lossless", seed=0)
     device = f"cpu ({torch.get_num_threads()} threads)"
-    print(f"model {os.path.basename(os.path.normpath(model_dir))} on {device}, float32, greedy, block {L}, "
-          f"{len(prompts)} held-out prompts, {max_new_tokens} new tokens each")
+    lora = model.config.lora
+    print(f"model {os.path.basename(os.path.normpath(model_dir))} on {device}, float32, greedy (and one sampled "
+          f"row), block {L}, {len(prompts)} held-out prompts, {max_new_tokens} new tokens each; drafter adapter: "
+          + (f"linear_spec_lora r={lora.rank} alpha={lora.alpha:g} (draft forwards only)" if lora else "none"))
     # Batch 1 (the latency a single user sees); the modes take turns per prompt so a
     # change of machine load falls on all of them alike.
     texts = {name: [] for name in runs}
@@ -85,21 +97,26 @@ def report(prompts: list[dict], results: dict, seconds: dict, *, block: int, max
                 lines.append(f"--- {m.split('-')[0]} self-speculation (differs from AR):\n"
                              f"{decode(results[m][i].tokens)}")
         lines.append(f"--- diffusion (threshold 0.9):\n{decode(results['diffusion'][i].tokens)}")
+        if SAMPLED in results:
+            lines.append(f"--- sampled, T={SAMPLED_T}: linear self-speculation, lossless rule (distributed as AR "
+                         f"sampling):\n{decode(results[SAMPLED][i].tokens[:max_new_tokens])}")
     table = {}
     for name, rows in results.items():
         toks = sum(len(r.tokens) for r in rows)
         nfe = sum(r.nfe for r in rows)
         verifies = sum(r.iterations for r in rows)
+        spec = name.split("/")[0] in SPEC_MODES
         accepted = (sum(r.mean_accepted * r.iterations for r in rows) / verifies
-                    if name in SPEC_MODES and verifies else None)
-        same = all(_matches_ar(r, a) for r, a in zip(rows, results["ar"])) if name in SPEC_MODES else None
+                    if spec and verifies else None)
+        greedy_spec = spec and name != SAMPLED   # greedy: must be AR greedy's completion
+        same = all(_matches_ar(r, a) for r, a in zip(rows, results["ar"])) if greedy_spec else None
         table[name] = (toks, nfe, accepted, toks / seconds[name], same)
     ar_rate = table["ar"][3]
-    lines.append(f"\n{'mode':<16}{'tokens':>7}{'NFE':>6}{'tok/fwd':>9}{'accepted':>10}{'tok/s':>8}{'vs AR':>8}{'':>3}")
+    lines.append(f"\n{'mode':<24}{'tokens':>7}{'NFE':>6}{'tok/fwd':>9}{'accepted':>10}{'tok/s':>8}{'vs AR':>8}{'':>3}")
     for name, (toks, nfe, accepted, rate, same) in table.items():
         acc = "" if accepted is None else f"{accepted:.2f}"
         mark = "" if same is None else ("== AR" if same else "!= AR")
-        lines.append(f"{name:<16}{toks:>7}{nfe:>6}{toks / nfe:>9.2f}{acc:>10}{rate:>8.1f}"
+        lines.append(f"{name:<24}{toks:>7}{nfe:>6}{toks / nfe:>9.2f}{acc:>10}{rate:>8.1f}"
                      f"{rate / ar_rate:>7.2f}x  {mark}")
     lines.append(f"\ntok/fwd: generated tokens per model forward (NFE), the figure that carries over to a GPU, "
                  f"where a memory-bound {L}-row forward (one block) costs about one AR step. On a CPU tok/s "
