@@ -4,7 +4,7 @@ generate's solo answers, memoised per (strategy settings, prompt)."""
 import pytest
 import torch
 
-from tridiff.checkpoint import write_random_checkpoint
+from tests.generate.conftest import model, tiny_dir  # noqa: F401  (the decoding tests' tiny fp64 model)
 from tridiff.generate import generate
 
 L = 4
@@ -26,20 +26,6 @@ CONFIGS = [
     ("quadratic-spec", {"anchors": (0, 2)}),
     ("auto", {}),
 ]
-
-
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("engine-tiny")
-    write_random_checkpoint(d, "tiny", seed=0, with_tokenizer=True, dtype=torch.float32)
-    return d
-
-
-@pytest.fixture(scope="session")
-def model(tiny_dir):
-    from tridiff.model import Model
-
-    return Model.from_pretrained(tiny_dir, dtype=torch.float64)
 
 
 @pytest.fixture(scope="session")
