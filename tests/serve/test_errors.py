@@ -22,7 +22,9 @@ BAD = {
     "unknown strategy": ({**GOOD, "strategy": "beam"}, "strategy", "expected one of"),
     "max_tokens 0": ({**GOOD, "max_tokens": 0}, "max_tokens", ">= 1"),
     "max_tokens past the context": ({**GOOD, "max_tokens": 100000}, "max_tokens", "in [1, 511]"),
-    "prompt + max_tokens past the context": ({**GOOD, "max_tokens": 500}, "prompt", "context of 512"),
+    # auto reserves max_tokens + block (16) positions: 495 + 16 fits alone, not with the prompt
+    "prompt + max_tokens past the context": ({**GOOD, "max_tokens": 495}, "prompt", "context of 512"),
+    "max_tokens + block past the context": ({**GOOD, "max_tokens": 500}, "max_tokens", "context of 512"),
     "max_tokens not an int": ({**GOOD, "max_tokens": "4"}, "max_tokens", "expected an integer"),
     "max_tokens a bool": ({**GOOD, "max_tokens": True}, "max_tokens", "expected an integer"),
     "prompt too long for the cache": ({"prompt": [5] * 600, "max_tokens": 4}, "prompt", "context of 512"),
