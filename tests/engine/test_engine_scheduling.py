@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from tests.engine.conftest import L, NEW
+from tests.generate.test_sync_audit import READS   # every Tensor -> host conversion
 from tridiff._checks import TridiffInputError
 from tridiff.engine import Engine
 
@@ -113,7 +114,6 @@ def test_more_pages_than_the_pool_is_refused(model, prompts):
         eng.add_request(prompts[0], strategy="ar", max_new_tokens=NEW)
 
 
-READS = ("item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__", "cpu")
 
 
 @pytest.mark.parametrize("strategy, kw, extra", [

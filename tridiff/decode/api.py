@@ -88,13 +88,13 @@ def generate(model, prompts: Sequence[Sequence[int]], *, mode: str = "ar", max_n
 
 
 def _validate(cfg, prompts, mode, max_new_tokens, L, threshold, temperature, rule, check_every, anchors):
-    """Check generate's arguments; returns the normalized anchors (see _anchors)."""
+    """Check generate's arguments; returns the normalized anchors (see check_anchors)."""
     def bad(arg, expected, got):
         raise TridiffInputError(f"{arg}: expected {expected}, got {got}")
 
     if mode not in MODES:
         bad("mode", "one of " + ", ".join(MODES), repr(mode))
-    anchors = _anchors(anchors, mode, L)
+    anchors = check_anchors(anchors, mode, L)
     strategy = strategy_for(mode, anchors)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         bad("max_new_tokens", "a positive int", repr(max_new_tokens))
@@ -121,7 +121,7 @@ def _validate(cfg, prompts, mode, max_new_tokens, L, threshold, temperature, rul
     for b, p in enumerate(prompts):
         if isinstance(p, (str, bytes)) or not hasattr(p, "__len__") or len(p) == 0:
             bad(f"prompts[{b}]", "a non-empty list of token ids", repr(p)[:40])
-        if any(not _is_id(t, cfg.vocab_size) for t in p):
+        if any(not is_token_id(t, cfg.vocab_size) for t in p):
             bad(f"prompts[{b}]", f"token ids in [0, {cfg.vocab_size})", list(p)[:8])
     need = max(len(p) for p in prompts) + strategy.extra_len(max_new_tokens, L, anchors)
     limit = int(getattr(cfg, "max_position_embeddings", need))
@@ -132,8 +132,8 @@ def _validate(cfg, prompts, mode, max_new_tokens, L, threshold, temperature, rul
     return anchors
 
 
-def _anchors(anchors, mode, L):
-    """Checked generate(anchors=...): None (every acceptance length), an int k < L, or a
+def check_anchors(anchors, mode, L):
+    """Checked generate(anchors=...) (and the engine's): None (every acceptance length), an int k < L, or a
     sorted tuple of distinct anchors in [0, L) that includes 0."""
     def bad(expected, got=anchors):
         raise TridiffInputError(f"anchors: expected {expected}, got {got!r}")
@@ -159,7 +159,8 @@ def _anchors(anchors, mode, L):
     return S
 
 
-def _is_id(t, V) -> bool:
+def is_token_id(t, V) -> bool:
+    """t is an int (not a bool; numpy and 0-d torch integers count) in [0, V)."""
     if isinstance(t, bool):
         return False
     try:

@@ -278,10 +278,8 @@ class Engine:
             groups[key].append((r, strategy))
         cohorts = []
         for (fn, *_), members in groups.items():
-            c = prog.Cohort(self, [r for r, _ in members], members[0][1])
-            c.program = fn
+            c = prog.Cohort(self, [r for r, _ in members], members[0][1], fn)
             for r, s in members:
-                r.running_as = s
                 if r.phase == Phase.DECODE:   # iterations only: every strategy shares the prefill
                     self._ran[r.id][s] += 1
             cohorts.append(c)

@@ -59,8 +59,8 @@ class Readback:
 class Cohort:
     """Requests of one program in one step, and the small tensors their ops share."""
 
-    def __init__(self, engine, requests: List[Request], strategy: str):
-        self.engine, self.requests, self.strategy = engine, requests, strategy
+    def __init__(self, engine, requests: List[Request], strategy: str, program: Callable):
+        self.engine, self.requests, self.strategy, self.program = engine, requests, strategy, program
         self.s = requests[0].settings
         self.dev, self.mask, self.backend = engine.device, engine.mask_id, engine.backend
         self.n = len(requests)
@@ -203,8 +203,6 @@ def linear_step(c: Cohort):
         draft_logits = logits
     else:
         todo = (block == mask).any(1)
-        if lossless:
-            draft_logits = None
         for step in range(L):
             if step and not (yield Sync(todo.any())):
                 break

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Tuple, Union
 
 from tridiff._checks import TridiffInputError
+from tridiff.decode.api import check_anchors, is_token_id
+from tridiff.decode.strategies import strategy_for
 
 STRATEGIES = ("auto", "ar", "diffusion", "linear-spec", "quadratic-spec")
 # What "auto" may run: the strategies whose greedy output is AR's and whose state between
@@ -70,7 +72,6 @@ class Request:
     iterations: int = 0
     accepted_lengths: List[int] = field(default_factory=list)
     forced_fills: int = 0
-    running_as: str = ""                   # the strategy of the current/last step
     state: dict = field(default_factory=dict)   # strategy state between steps (tokens, device rows)
     finish_reason: Optional[str] = None
     streamed: int = 0                      # visible tokens already returned by step()
@@ -120,15 +121,9 @@ def check_settings(cfg, prompt, *, strategy, max_new_tokens, temperature, thresh
         bad("strategy", "one of " + ", ".join(STRATEGIES), repr(strategy))
     if isinstance(prompt, (str, bytes)) or not hasattr(prompt, "__len__") or len(prompt) == 0:
         bad("prompt_ids", "a non-empty list of token ids", repr(prompt)[:40])
-    ids = []
-    for t in prompt:
-        try:
-            t = operator.index(t) if not isinstance(t, bool) else None
-        except TypeError:
-            t = None
-        if t is None or not 0 <= t < cfg.vocab_size:
-            bad("prompt_ids", f"token ids in [0, {cfg.vocab_size})", list(prompt)[:8])
-        ids.append(t)
+    if not all(is_token_id(t, cfg.vocab_size) for t in prompt):
+        bad("prompt_ids", f"token ids in [0, {cfg.vocab_size})", list(prompt)[:8])
+    ids = [operator.index(t) for t in prompt]
     L = block_length if block_length is not None else int(getattr(cfg, "block_length", 32))
     if isinstance(L, bool) or not isinstance(L, int) or L < 1:
         bad("block_length", "a positive int", repr(block_length))
@@ -148,17 +143,16 @@ def check_settings(cfg, prompt, *, strategy, max_new_tokens, temperature, thresh
                 or not (0 <= threshold <= 1 if low_ok else 0 < threshold <= 1):
             bad("threshold", "a number in [0, 1]" if low_ok else "a number in (0, 1]", repr(threshold))
         threshold = float(threshold)
-    if anchors is not None:
-        anchors = _anchors(anchors, strategy, L, bad)
+    anchors = check_anchors(anchors, strategy, L)
     if rule not in RULES:
         bad("rule", "one of " + ", ".join(RULES), repr(rule))
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63:
         bad("seed", "an int in [0, 2**63)", repr(seed))
     stops = []
     for t in stop_ids or ():
-        if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < cfg.vocab_size:
+        if not is_token_id(t, cfg.vocab_size):
             bad("stop_ids", f"token ids in [0, {cfg.vocab_size})", repr(t))
-        stops.append(t)
+        stops.append(operator.index(t))
     extra = extra_len(strategy, max_new_tokens, L, anchors)
     if extra >= max_context:
         bad("max_new_tokens", f"a generation that fits the engine's context of {max_context} positions",
@@ -173,28 +167,10 @@ def check_settings(cfg, prompt, *, strategy, max_new_tokens, temperature, thresh
     return ids, settings
 
 
-def _anchors(anchors, strategy, L, bad):
-    if strategy != "quadratic-spec":
-        bad("anchors", f"None for {strategy} (anchors prune quadratic-spec's forward)", repr(anchors))
-    if L > 32:
-        bad("anchors", f"None with block_length {L} (a pruned anchor set needs block_length <= 32)", repr(anchors))
-    if isinstance(anchors, (list, tuple)):
-        S = tuple(sorted(set(anchors)))
-        if not anchors or any(isinstance(a, bool) or not isinstance(a, int) for a in anchors) \
-                or len(S) != len(anchors) or S[0] != 0 or S[-1] >= L:
-            bad("anchors", f"distinct int anchors in [0, {L}) that include 0", repr(anchors))
-        return S
-    if isinstance(anchors, bool) or not isinstance(anchors, int) or not 1 <= anchors <= L:
-        bad("anchors", f"an int k in [1, {L}] or a tuple of anchors", repr(anchors))
-    return None if anchors == L else int(anchors)
-
-
 def extra_len(strategy: str, max_new: int, L: int, anchors) -> int:
-    """Cache positions a request may touch beyond its prompt (its worst case)."""
-    if strategy in ("ar", "diffusion"):
-        return max_new
-    if strategy in ("linear-spec", "auto"):
-        return max_new + L            # a verify writes L slots from P <= prompt + new - 1
-    k = L if anchors is None else (len(anchors) if isinstance(anchors, tuple) else anchors)
-    scratch = L * (L + 1) if anchors is None else L * (k + 1)
-    return max_new + L - 1 + scratch + L   # + L: the last prompt chunk's mask block
+    """Cache positions a request may touch beyond its prompt (its worst case): generate's
+    own bound for the strategy ("auto" runs linear-spec at worst), plus for quadratic-spec
+    a margin of L for the last prompt chunk's L mask slots."""
+    mode = "linear-spec" if strategy == "auto" else strategy
+    n = strategy_for(mode, anchors).extra_len(max_new, L, anchors)
+    return n + L if mode == "quadratic-spec" else n
