@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 
-from tridiff.train.loop import TrainSettings, train
+from tridiff.train.loop import TrainSettings, add_settings_arguments, settings_from, train
 
 
 def main(argv=None) -> int:
@@ -26,17 +25,10 @@ def main(argv=None) -> int:
     p.add_argument("--objective", choices=("joint", "ar"), default="joint",
                    help="joint: AR + 0.5 x masked diffusion (the shipped model); ar: the AR-only baseline")
     p.add_argument("--threads", type=int, default=None, help="default: every core")
-    for f in dataclasses.fields(TrainSettings):
-        if f.name == "diffusion_weight":   # set by --objective
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(f.default, bool):   # --bf16 / --no-bf16 (bool("False") would read true)
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
-        else:
-            p.add_argument(flag, type=type(f.default), default=f.default)
+    add_settings_arguments(p, TrainSettings, skip=("diffusion_weight",))   # set by --objective
     a = p.parse_args(argv)
-    kw = {f.name: getattr(a, f.name) for f in dataclasses.fields(TrainSettings) if f.name != "diffusion_weight"}
-    settings = TrainSettings(**kw, **({"diffusion_weight": 0.0} if a.objective == "ar" else {}))
+    settings = settings_from(a, TrainSettings, skip=("diffusion_weight",),
+                             **({"diffusion_weight": 0.0} if a.objective == "ar" else {}))
     out = os.path.abspath(a.out)
     work = a.work or out.rstrip("/") + ".work"
     train(out, work, settings, resume=a.resume, threads=a.threads)

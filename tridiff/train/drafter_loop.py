@@ -23,7 +23,8 @@ import torch
 
 from tridiff import checkpoint as ckpt
 from tridiff.train import corpus, drafter
-from tridiff.train.loop import _bar, _fmt_time, encode_files, fixed_windows, learning_rate, random_windows
+from tridiff.train.loop import (add_settings_arguments, encode_files, fixed_windows, fmt_time, learning_rate,
+                                progress_bar, random_windows, resume_state, save_state, settings_from)
 from tridiff.train.network import TrainNetwork
 
 STATE_FILE = "drafter_state.pt"
@@ -113,13 +114,6 @@ def evaluate(net, lora, windows, s: DrafterSettings) -> dict:
     return out
 
 
-def save_state(path, lora, opt, step, s, elapsed):
-    tmp = path + ".tmp"
-    torch.save({"lora": lora.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                "settings": dataclasses.asdict(s), "elapsed": elapsed}, tmp)
-    os.replace(tmp, path)   # a crash mid-write never leaves a broken checkpoint
-
-
 def export(lora, config, base_dir: str, out_dir: str, summary: dict) -> str:
     """OUT/linear_spec_lora/ (adapter_config.json + adapter_model.safetensors, float32) and
     OUT/drafter_training.json; the base's files are copied when OUT is not BASE."""
@@ -150,13 +144,7 @@ def train_drafter(base_dir: str, out_dir: str, work_dir: str, s: DrafterSettings
     state_path = os.path.join(work_dir, STATE_FILE)
     start, elapsed0 = 0, 0.0
     if resume and os.path.exists(state_path):
-        state = torch.load(state_path)
-        if state["settings"] != dataclasses.asdict(s):
-            raise ValueError(f"--resume: {state_path} was written with other settings: {state['settings']}")
-        lora.load_state_dict(state["lora"])
-        opt.load_state_dict(state["optimizer"])
-        start, elapsed0 = state["step"], state["elapsed"]
-        log(f"resumed at step {start}")
+        start, elapsed0 = resume_state(state_path, lora, opt, s, key="lora", log=log)
     L = net.config.block_length
     held = fixed_windows(data["heldout"], s.eval_windows, s.seq_len)
     log(f"drafter LoRA r={s.rank} alpha={s.alpha} ({sum(p.numel() for p in lora.parameters())} parameters) "
@@ -166,40 +154,40 @@ def train_drafter(base_dir: str, out_dir: str, work_dir: str, s: DrafterSettings
     before = evaluate(net, lora, held, s) if start == 0 else None
     if before:
         log(f"before: held-out linear drafts {json.dumps(before)}")
-    log_fh = open(os.path.join(work_dir, LOG_FILE), "a")
-    t0 = last_ckpt = time.time()
-    done, rec = start, {}
-    for step in range(start, s.steps):
-        gen = torch.Generator().manual_seed(s.seed * 1_000_003 + step)
-        windows = random_windows(data["train"], s.batch, s.seq_len, gen)
-        for group in opt.param_groups:
-            group["lr"] = learning_rate(s, step)
-        loss, st = batch_loss(net, lora, windows, s, step_block(s, step, L), s.mix(), gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(lora.parameters(), s.clip)
-        opt.step()
-        done = step + 1
-        rec = {"step": done, "loss": float(loss.detach()), **st}
-        if done % s.eval_every == 0 or done == s.steps:
-            rec["heldout"] = evaluate(net, lora, held, s)
-        log_fh.write(json.dumps(rec) + "\n")
-        log_fh.flush()
-        run = time.time() - t0
-        if done % 5 == 0 or done == s.steps or "heldout" in rec:
-            eta = run / (done - start) * (s.steps - done)
-            extra = (f" | held-out L{L} agree {rec['heldout'][f'L{L}']['agree']:.3f} accepted "
-                     f"{rec['heldout'][f'L{L}']['accepted']:.2f}") if "heldout" in rec else ""
-            log(f"{_bar(done, s.steps)} {done}/{s.steps} loss {rec['loss']:.3f} agree {st['agree']:.3f} "
-                f"{run / (done - start):.2f} s/step ETA {_fmt_time(eta)}{extra}")
-        if time.time() - last_ckpt > 60 * s.checkpoint_minutes and done < s.steps:
-            save_state(state_path, lora, opt, done, s, elapsed0 + run)
-            last_ckpt = time.time()
-        if max_minutes is not None and elapsed0 + run > 60 * max_minutes and done < s.steps:
-            log(f"stopping at step {done}: --max-minutes {max_minutes} reached")
-            break
+    with open(os.path.join(work_dir, LOG_FILE), "a") as log_fh:   # closed on every exit
+        t0 = last_ckpt = time.time()
+        done, rec = start, {}
+        for step in range(start, s.steps):
+            gen = torch.Generator().manual_seed(s.seed * 1_000_003 + step)
+            windows = random_windows(data["train"], s.batch, s.seq_len, gen)
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(s, step)
+            loss, st = batch_loss(net, lora, windows, s, step_block(s, step, L), s.mix(), gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(lora.parameters(), s.clip)
+            opt.step()
+            done = step + 1
+            rec = {"step": done, "loss": float(loss.detach()), **st}
+            if done % s.eval_every == 0 or done == s.steps:
+                rec["heldout"] = evaluate(net, lora, held, s)
+            log_fh.write(json.dumps(rec) + "\n")
+            log_fh.flush()
+            run = time.time() - t0
+            if done % 5 == 0 or done == s.steps or "heldout" in rec:
+                eta = run / (done - start) * (s.steps - done)
+                extra = (f" | held-out L{L} agree {rec['heldout'][f'L{L}']['agree']:.3f} accepted "
+                         f"{rec['heldout'][f'L{L}']['accepted']:.2f}") if "heldout" in rec else ""
+                log(f"{progress_bar(done, s.steps)} {done}/{s.steps} loss {rec['loss']:.3f} agree {st['agree']:.3f} "
+                    f"{run / (done - start):.2f} s/step ETA {fmt_time(eta)}{extra}")
+            if time.time() - last_ckpt > 60 * s.checkpoint_minutes and done < s.steps:
+                save_state(state_path, lora, opt, done, s, elapsed0 + run, key="lora")
+                last_ckpt = time.time()
+            if max_minutes is not None and elapsed0 + run > 60 * max_minutes and done < s.steps:
+                log(f"stopping at step {done}: --max-minutes {max_minutes} reached")
+                break
     elapsed = elapsed0 + time.time() - t0
-    save_state(state_path, lora, opt, done, s, elapsed)
+    save_state(state_path, lora, opt, done, s, elapsed, key="lora")
     final = rec["heldout"] if done > start and "heldout" in rec else evaluate(net, lora, held, s)
     summary = {"base": os.path.basename(os.path.normpath(base_dir)), "settings": dataclasses.asdict(s),
                "steps_done": done, "train_seconds": round(elapsed, 1), "heldout_linear_drafts_before": before,
@@ -208,7 +196,7 @@ def train_drafter(base_dir: str, out_dir: str, work_dir: str, s: DrafterSettings
         with open(os.path.join(out_dir, SUMMARY_FILE)) as fh:   # keep the first run's "before"
             summary["heldout_linear_drafts_before"] = json.load(fh).get("heldout_linear_drafts_before")
     export(lora, net.config, base_dir, out_dir, summary)
-    log(f"done: {done} steps in {_fmt_time(elapsed)}; held-out linear drafts {json.dumps(final)}; wrote "
+    log(f"done: {done} steps in {fmt_time(elapsed)}; held-out linear drafts {json.dumps(final)}; wrote "
         f"{os.path.join(out_dir, ckpt.ADAPTER_DIR)}")
     return summary
 
@@ -223,16 +211,9 @@ def main(argv=None) -> int:
     p.add_argument("--resume", action="store_true", help="continue from WORK/" + STATE_FILE)
     p.add_argument("--threads", type=int, default=None, help="default: every core")
     p.add_argument("--max-minutes", type=float, default=None, help="stop early after this much training time")
-    for f in dataclasses.fields(DrafterSettings):
-        if f.type in (bool, "bool"):
-            p.add_argument("--" + f.name.replace("_", "-"), action=argparse.BooleanOptionalAction,
-                           default=f.default)
-        elif f.name == "target":
-            p.add_argument("--target", choices=drafter.TARGETS, default=f.default)
-        else:
-            p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    add_settings_arguments(p, DrafterSettings, choices={"target": drafter.TARGETS})
     a = p.parse_args(argv)
-    s = DrafterSettings(**{f.name: getattr(a, f.name) for f in dataclasses.fields(DrafterSettings)})
+    s = settings_from(a, DrafterSettings)
     out = os.path.abspath(a.out)
     work = a.work or out.rstrip("/") + ".drafter-work"
     train_drafter(os.path.abspath(a.base), out, work, s, resume=a.resume, threads=a.threads,

@@ -6,6 +6,7 @@ as an uninterrupted one.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
@@ -146,21 +147,56 @@ def evaluate(net: TrainNetwork, windows: torch.Tensor, s: TrainSettings) -> dict
 
 # ---- progress, checkpoints, export -----------------------------------------------------------
 
-def _bar(done: int, total: int, width: int = 24) -> str:
+def progress_bar(done: int, total: int, width: int = 24) -> str:
     k = int(width * done / max(total, 1))
     return "[" + "#" * k + "." * (width - k) + "]"
 
 
-def _fmt_time(seconds: float) -> str:
+def fmt_time(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def save_state(path: str, net, opt, step: int, settings: TrainSettings, elapsed: float) -> None:
+def save_state(path: str, net, opt, step: int, settings, elapsed: float, *, key: str = "model") -> None:
+    """The trained module (under `key`), the optimiser, the step, the settings (a
+    dataclass) and the time spent, for resume_state."""
     tmp = path + ".tmp"
-    torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step,
+    torch.save({key: net.state_dict(), "optimizer": opt.state_dict(), "step": step,
                 "settings": dataclasses.asdict(settings), "elapsed": elapsed}, tmp)
     os.replace(tmp, path)  # a crash mid-write never leaves a broken checkpoint
+
+
+def resume_state(path: str, net, opt, settings, *, key: str = "model", log=print) -> tuple:
+    """Load what save_state wrote into net and opt: (step, elapsed seconds). A state
+    written with other settings is refused (a resumed run must draw the same batches)."""
+    state = torch.load(path)
+    if state["settings"] != dataclasses.asdict(settings):
+        raise ValueError(f"--resume: {path} was written with other settings: {state['settings']}")
+    net.load_state_dict(state[key])
+    opt.load_state_dict(state["optimizer"])
+    log(f"resumed at step {state['step']}")
+    return state["step"], state["elapsed"]
+
+
+def add_settings_arguments(parser, settings_cls, *, skip=(), choices=None) -> None:
+    """One --flag per field of the settings dataclass (--x / --no-x for bools, since
+    bool("False") is true; `choices` restricts a field's values)."""
+    for f in dataclasses.fields(settings_cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        elif choices and f.name in choices:
+            parser.add_argument(flag, choices=choices[f.name], default=f.default)
+        else:
+            parser.add_argument(flag, type=type(f.default), default=f.default)
+
+
+def settings_from(args, settings_cls, *, skip=(), **fixed):
+    """The settings dataclass from parsed add_settings_arguments flags (`fixed` overrides)."""
+    return settings_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(settings_cls)
+                           if f.name not in skip}, **fixed)
 
 
 def export(net: TrainNetwork, out_dir: str, tok_path: str, summary: dict) -> None:
@@ -193,13 +229,7 @@ def train(out_dir: str, work_dir: str, s: TrainSettings, *, resume: bool = False
     state_path = os.path.join(work_dir, STATE_FILE)
     start, elapsed0 = 0, 0.0
     if resume and os.path.exists(state_path):
-        state = torch.load(state_path)
-        if state["settings"] != dataclasses.asdict(s):
-            raise ValueError(f"--resume: {state_path} was written with other settings: {state['settings']}")
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start, elapsed0 = state["step"], state["elapsed"]
-        log(f"resumed at step {start}")
+        start, elapsed0 = resume_state(state_path, net, opt, s, log=log)
     heldout_windows = fixed_windows(data["heldout"], s.eval_windows, s.seq_len + 1)
     n_params = sum(p.numel() for p in net.parameters())
     log(f"corpus: {corpus.describe()}; {data['train_files']} train files ({len(data['train'])} tokens), "
@@ -231,8 +261,8 @@ def train(out_dir: str, work_dir: str, s: TrainSettings, *, resume: bool = False
                 rate = tokens_done / max(run, 1e-9)
                 eta = run / (done - start) * (s.steps - done)
                 extra = f" | held-out AR {rec['heldout_ar_loss']:.3f}" if "heldout_ar_loss" in rec else ""
-                log(f"{_bar(done, s.steps)} {done}/{s.steps} loss {rec['loss']:.3f} (AR {rec['ar']:.3f}, "
-                    f"diffusion {rec['diffusion']:.3f}) {rate:.0f} tok/s ETA {_fmt_time(eta)}{extra}")
+                log(f"{progress_bar(done, s.steps)} {done}/{s.steps} loss {rec['loss']:.3f} (AR {rec['ar']:.3f}, "
+                    f"diffusion {rec['diffusion']:.3f}) {rate:.0f} tok/s ETA {fmt_time(eta)}{extra}")
             if time.time() - last_ckpt > 60 * s.checkpoint_minutes and done < s.steps:
                 save_state(state_path, net, opt, done, s, elapsed0 + time.time() - t0)
                 last_ckpt = time.time()
@@ -245,6 +275,6 @@ def train(out_dir: str, work_dir: str, s: TrainSettings, *, resume: bool = False
                "settings": dataclasses.asdict(s), "train_seconds": round(elapsed, 1),
                "python": sys.version.split()[0], "torch": torch.__version__, **final}
     export(net, out_dir, os.path.join(work_dir, "tokenizer.json"), summary)
-    log(f"done in {_fmt_time(elapsed)}: held-out AR loss {final['heldout_ar_loss']:.3f}, "
+    log(f"done in {fmt_time(elapsed)}: held-out AR loss {final['heldout_ar_loss']:.3f}, "
         f"diffusion loss {final['heldout_diffusion_loss']:.3f}; wrote {out_dir}")
     return summary
