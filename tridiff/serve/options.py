@@ -7,24 +7,21 @@ import argparse
 from tridiff.serve.protocol import STRATEGIES
 
 
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}")
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive int, got {v}")
-    return v
+def _int_at_least(low: int, expected: str):
+    """An argparse type: an int >= low, else an error saying `expected`."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        if v < low:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {v}")
+        return v
+    return parse
 
 
-def _nonnegative(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {text!r}")
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {v}")
-    return v
+_positive = _int_at_least(1, "a positive int")
+_nonnegative = _int_at_least(0, "an int >= 0")
 
 
 def _port(text: str) -> int:
