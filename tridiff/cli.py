@@ -7,6 +7,7 @@
                      [--no-adapter] [--json]
     tridiff demo [--model DIR|NAME] [--max-new-tokens N] [--no-adapter]
     tridiff quantize [--bits 4|8] [--group 128|64|-1] [--asym] IN OUT   (GPTQ layout; tridiff.quant)
+    tridiff export-gguf [--type q4_0|f16|bf16|f32] [--head-type T] IN OUT.gguf   (llama.cpp; tridiff.quant.gguf)
     tridiff serve [--model DIR|NAME] [--host H] [--port N] [--max-rows R] [--max-queue Q]
                   [--strategy auto|ar|...] [...]   (OpenAI-compatible HTTP; tridiff.serve)
 
@@ -86,6 +87,11 @@ def _parser() -> argparse.ArgumentParser:
 
     quantize_arguments(q)
 
+    e = sub.add_parser("export-gguf", help="write a checkpoint's AR network as a llama.cpp GGUF (pip install gguf)")
+    from tridiff.quant.gguf import add_arguments as gguf_arguments
+
+    gguf_arguments(e)
+
     s = sub.add_parser("serve", help="OpenAI-compatible HTTP server over the engine (pip install tridiff[serve])")
     from tridiff.serve.options import add_arguments  # argparse only: no web stack imported here
 
@@ -122,6 +128,10 @@ def main(argv=None) -> int:
             from tridiff.quant.export import main as quantize_main
 
             return quantize_main(args, _resolve_model(args.src))
+        if args.command == "export-gguf":
+            from tridiff.quant.gguf import main as gguf_main
+
+            return gguf_main(args, _resolve_model(args.src))
         if args.command == "serve":
             from tridiff.serve.options import serve_main
 
