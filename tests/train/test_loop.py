@@ -68,3 +68,34 @@ def test_a_failing_step_still_closes_the_log(tmp_path, small_corpus, opened, mon
     log = [fh for fh in opened if fh.name.endswith(loop.LOG_FILE)]
     assert len(log) == 1 and log[0].closed
     assert len((tmp_path / "work" / loop.LOG_FILE).read_text().splitlines()) == 1
+
+
+def test_init_continues_from_a_checkpoint_and_reports_its_losses(tmp_path, small_corpus):
+    """--init: the exported checkpoint's weights are where training starts (the summary's
+    init_heldout equals the held-out losses of that checkpoint), its tokenizer is reused,
+    and a work folder holding another tokenizer is refused before anything is trained."""
+    first, work1 = tmp_path / "first", tmp_path / "work1"
+    done = loop.train(str(first), str(work1), SETTINGS, threads=1, log=lambda *a: None)
+    cont = loop.TrainSettings(**{**SETTINGS.__dict__, "init": str(first), "noise_power": 3.0, "steps": 1})
+    summary = loop.train(str(tmp_path / "second"), str(tmp_path / "work2"), cont, threads=1, log=lambda *a: None)
+    # export stores bf16 weights, so the start is the bf16 rounding of the first run's end
+    assert summary["init_heldout"]["heldout_ar_loss"] == pytest.approx(done["heldout_ar_loss"], abs=2e-2)
+    assert summary["init_heldout"]["heldout_ar_loss"] != summary["heldout_ar_loss"]   # it trained on
+    assert (tmp_path / "work2" / "tokenizer.json").read_bytes() == (first / "tokenizer.json").read_bytes()
+    other = tmp_path / "work3"
+    other.mkdir()
+    (other / "tokenizer.json").write_text("{}")
+    with pytest.raises(ValueError, match="another tokenizer"):
+        loop.train(str(tmp_path / "third"), str(other), cont, threads=1, log=lambda *a: None)
+    assert not (other / loop.LOG_FILE).exists()
+
+
+def test_init_refuses_a_checkpoint_of_another_shape(tmp_path):
+    from tridiff.checkpoint import SINGLE_FILE, save_safetensors
+    from tridiff.train.network import TrainNetwork
+
+    net = TrainNetwork(loop.model_config(600))
+    tmp_path.joinpath("ckpt").mkdir()
+    save_safetensors({"nope": torch.zeros(2)}, str(tmp_path / "ckpt" / SINGLE_FILE))
+    with pytest.raises(ValueError, match="--init"):
+        loop.init_from(net, str(tmp_path / "ckpt"))

@@ -84,3 +84,24 @@ def test_joint_loss_weights_masked_tokens_by_inverse_t():
     assert math.isclose(float(ar), float(want_ar), rel_tol=1e-5)
     assert math.isclose(float(diff), float(want_diff), rel_tol=1e-5)
     assert math.isclose(float(loss), float(want_ar + 0.3 * want_diff), rel_tol=1e-5)
+
+
+def test_noise_power_one_is_the_uniform_schedule_bit_for_bit():
+    a = ob.sample_noise(32, 32, 8, generator=torch.Generator().manual_seed(5))
+    b = ob.sample_noise(32, 32, 8, power=1.0, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+@pytest.mark.parametrize("power", [2.0, 3.0])
+def test_noise_power_skews_the_rates_toward_one(power):
+    # t = eps + (1 - eps) u^(1/p): E[t] ~ p / (p + 1), P(t > 0.9) = 1 - 0.9^p
+    masked, t = ob.sample_noise(20000, 4, 4, eps=1e-3, power=power, generator=torch.Generator().manual_seed(2))
+    rates = t[:, 0]
+    assert abs(float(rates.mean()) - power / (power + 1)) < 0.01
+    assert abs(float((rates > 0.9).float().mean()) - (1 - 0.9 ** power)) < 0.015
+    assert abs(float(masked.float().mean()) - power / (power + 1)) < 0.01
+
+
+def test_noise_power_must_be_positive():
+    with pytest.raises(ValueError, match="power"):
+        ob.sample_noise(2, 8, 4, power=0.0)

@@ -41,6 +41,8 @@ class TrainSettings:
     clip: float = 1.0
     diffusion_weight: float = 0.5  # w in loss = AR + w * diffusion; 0 trains AR only
     eps: float = objective.DEFAULT_EPS
+    noise_power: float = 1.0  # masking rates t = eps + (1 - eps) u^(1/p): p > 1 skews toward t = 1
+    init: str = ""  # a checkpoint directory to continue from (its weights and tokenizer); "" = random init
     seed: int = 0
     bf16: bool = True  # CPU autocast: about 2x faster matmuls on AVX512-BF16 cores
     eval_windows: int = 64
@@ -125,18 +127,19 @@ def step_loss(net: TrainNetwork, windows: torch.Tensor, s: TrainSettings, gen: t
             logits = net(windows[:, :-1], torch.arange(S), causal)
             ar = F.cross_entropy(logits.reshape(-1, c.vocab_size).float(), windows[:, 1:].reshape(-1))
             return ar, ar.detach(), torch.zeros(())
-        batch = objective.make_batch(windows, L, c.mask_token_id, eps=s.eps, generator=gen)
+        batch = objective.make_batch(windows, L, c.mask_token_id, eps=s.eps, power=s.noise_power, generator=gen)
         logits = net(batch.inputs, objective.two_stream_positions(S), objective.two_stream_mask(S, L))
         return objective.joint_loss(logits, batch, s.diffusion_weight)
 
 
 @torch.no_grad()
 def evaluate(net: TrainNetwork, windows: torch.Tensor, s: TrainSettings) -> dict:
-    """Held-out AR loss and 1/t-weighted diffusion loss (fixed noise), nats per token."""
+    """Held-out AR loss and 1/t-weighted diffusion loss (fixed noise, uniform t whatever
+    the training's noise_power, so runs compare), nats per token."""
     net.eval()
     gen = torch.Generator().manual_seed(12345)
     ar_sum = diff_sum = 0.0
-    joint = dataclasses.replace(s, diffusion_weight=1.0)
+    joint = dataclasses.replace(s, diffusion_weight=1.0, noise_power=1.0)
     for chunk in windows.split(s.batch):
         _, ar, diff = step_loss(net, chunk, joint, gen)
         ar_sum += float(ar) * len(chunk)
@@ -219,18 +222,52 @@ def export(net: TrainNetwork, out_dir: str, tok_path: str, summary: dict) -> Non
     heldout.write_demo_prompts(Tokenizer.from_pretrained(out_dir), out_dir)
 
 
+def init_from(net: TrainNetwork, ckpt_dir: str) -> None:
+    """Continue from a checkpoint written by export: its weights (upcast to the network's
+    dtype) into net; its tokenizer was copied into work_dir before the data was encoded."""
+    from tridiff.checkpoint import SINGLE_FILE
+    from safetensors.torch import load_file
+
+    state = load_file(os.path.join(ckpt_dir, SINGLE_FILE))
+    own = net.state_dict()
+    if set(state) != set(own) or any(state[k].shape != own[k].shape for k in own):
+        raise ValueError(f"--init: {ckpt_dir} is not a checkpoint of this network's shape")
+    net.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+
+
+def copy_init_tokenizer(ckpt_dir: str, work_dir: str) -> None:
+    import shutil
+
+    src, dst = os.path.join(ckpt_dir, "tokenizer.json"), os.path.join(work_dir, "tokenizer.json")
+    if not os.path.exists(src):
+        raise ValueError(f"--init: {ckpt_dir} has no tokenizer.json")
+    if os.path.exists(dst):
+        with open(src, "rb") as a, open(dst, "rb") as b:
+            if a.read() != b.read():
+                raise ValueError(f"--init: {work_dir} holds another tokenizer than {ckpt_dir}; use a new --work")
+        return
+    shutil.copyfile(src, dst)
+
+
 def train(out_dir: str, work_dir: str, s: TrainSettings, *, resume: bool = False, threads: int | None = None,
           log=print) -> dict:
     torch.set_num_threads(threads or os.cpu_count() or 1)
     os.makedirs(work_dir, exist_ok=True)
+    if s.init:
+        copy_init_tokenizer(s.init, work_dir)
     tok, data = prepare_data(work_dir, s.vocab_size)
     net = TrainNetwork(model_config(tok.vocab_size)).init_weights_(s.seed)
+    heldout_windows = fixed_windows(data["heldout"], s.eval_windows, s.seq_len + 1)
+    initial = None
+    if s.init:
+        init_from(net, s.init)
+        # the continued checkpoint's own held-out losses (before any resume), for the summary
+        initial = evaluate(net, heldout_windows, s)
     opt = make_optimizer(net, s)
     state_path = os.path.join(work_dir, STATE_FILE)
     start, elapsed0 = 0, 0.0
     if resume and os.path.exists(state_path):
         start, elapsed0 = resume_state(state_path, net, opt, s, log=log)
-    heldout_windows = fixed_windows(data["heldout"], s.eval_windows, s.seq_len + 1)
     n_params = sum(p.numel() for p in net.parameters())
     log(f"corpus: {corpus.describe()}; {data['train_files']} train files ({len(data['train'])} tokens), "
         f"{data['heldout_files']} held out ({len(data['heldout'])} tokens)")
@@ -274,6 +311,8 @@ def train(out_dir: str, work_dir: str, s: TrainSettings, *, resume: bool = False
                "heldout_tokens": len(data["heldout"]), "parameters": n_params,
                "settings": dataclasses.asdict(s), "train_seconds": round(elapsed, 1),
                "python": sys.version.split()[0], "torch": torch.__version__, **final}
+    if initial is not None:
+        summary["init_heldout"] = initial
     export(net, out_dir, os.path.join(work_dir, "tokenizer.json"), summary)
     log(f"done in {fmt_time(elapsed)}: held-out AR loss {final['heldout_ar_loss']:.3f}, "
         f"diffusion loss {final['heldout_diffusion_loss']:.3f}; wrote {out_dir}")

@@ -46,11 +46,18 @@ def two_stream_positions(seq_len: int, device=None) -> torch.Tensor:
     return torch.cat((i, i))
 
 
-def sample_noise(batch: int, seq_len: int, block: int, *, eps: float = DEFAULT_EPS,
+def sample_noise(batch: int, seq_len: int, block: int, *, eps: float = DEFAULT_EPS, power: float = 1.0,
                  generator: torch.Generator | None = None):
-    """(masked [B, S] bool, t [B, S] float: each token's block masking rate)."""
+    """(masked [B, S] bool, t [B, S] float: each token's block masking rate).
+    t = eps + (1 - eps) u^(1/power), u ~ U(0, 1): power 1 is the uniform rate of the
+    family's objective; power p > 1 skews the rates toward 1 (density ~ t^(p-1)), the
+    regime of self-speculation's drafts (a clean seed and 15 masks, or an all-mask block).
+    The 1/t weight of joint_loss keeps each masked token's term the bound's at its t."""
+    if power <= 0:
+        raise ValueError(f"power: expected > 0, got {power}")
     blocks = seq_len // block
-    t = eps + (1 - eps) * torch.rand(batch, blocks, generator=generator)
+    u = torch.rand(batch, blocks, generator=generator)
+    t = eps + (1 - eps) * (u if power == 1.0 else u.pow(1.0 / power))
     t = t.repeat_interleave(block, dim=1)
     masked = torch.rand(batch, seq_len, generator=generator) < t
     return masked, t
@@ -66,11 +73,11 @@ class Batch:
 
 
 def make_batch(windows: torch.Tensor, block: int, mask_id: int, *, eps: float = DEFAULT_EPS,
-               generator: torch.Generator | None = None) -> Batch:
+               power: float = 1.0, generator: torch.Generator | None = None) -> Batch:
     """windows [B, S + 1] int64 token ids (the extra token is the last AR target)."""
     clean, nxt = windows[:, :-1], windows[:, 1:]
     B, S = clean.shape
-    masked, t = sample_noise(B, S, block, eps=eps, generator=generator)
+    masked, t = sample_noise(B, S, block, eps=eps, power=power, generator=generator)
     noisy = torch.where(masked, torch.full_like(clean, mask_id), clean)
     return Batch(torch.cat((noisy, clean), dim=1), clean, nxt, masked, t)
 
