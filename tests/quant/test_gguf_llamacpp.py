@@ -3,7 +3,8 @@
 frequencies is exercised; head_dim 32 != hidden / heads; grouped KV) its logits on an
 F32 file equal tridiff's at every prompt position, and its greedy tokens on an F16 file
 equal tridiff's fp32 ones (same fp16-rounded weights). Positions stay below 64, where
-the llama-4 query scale is 1."""
+the llama-4 query scale is 1. And on real weights: the bundled model exported F16
+completes held-out prompts greedily exactly as tridiff does."""
 import numpy as np
 import pytest
 import torch
@@ -70,3 +71,29 @@ def test_f16_file_greedy_tokens_equal_tridiff_fp32(tmp_path, weights, model):
         llm.eval([theirs[-1]])
     ours = generate(model, [PROMPT], mode="ar", max_new_tokens=NEW, eos_id=-1).results[0].tokens
     assert list(ours) == theirs
+
+
+def test_bundled_model_exported_f16_completes_like_tridiff(tmp_path):
+    """Real weights: `tridiff export-gguf --type f16` of the bundled model (stored bf16),
+    and llama.cpp's greedy completions of held-out prompts equal tridiff's AR ones."""
+    from tridiff import models
+    from tridiff.cli import main
+    from tridiff.tokenizer import Tokenizer
+    from tridiff.train import heldout
+
+    src = models.path()
+    path = tmp_path / "stdlib-f16.gguf"
+    assert main(["export-gguf", "--type", "f16", str(src), str(path)]) == 0
+    prompts = [p["ids"] for p in heldout.code_prompts(Tokenizer.from_pretrained(src), 3)]
+    model = Model.from_pretrained(src, dtype=torch.float32, adapter=False)
+    ours = generate(model, prompts, mode="ar", max_new_tokens=32, eos_id=-1).results
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_threads=1, verbose=False)
+    n_vocab = llm.n_vocab()
+    for prompt, row in zip(prompts, ours):
+        llm.reset()
+        llm.eval(prompt)
+        theirs = []
+        for _ in range(32):
+            theirs.append(int(np.ctypeslib.as_array(llama_cpp.llama_get_logits(llm.ctx), shape=(n_vocab,)).argmax()))
+            llm.eval([theirs[-1]])
+        assert theirs == list(row.tokens)
