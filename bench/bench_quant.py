@@ -148,6 +148,7 @@ def run(quick: bool = False, out_dir=None, device=None, backends=None, budget_s=
                     model(tokens, cache, kv="write")
                     times[kind].append(1e3 * (time.perf_counter() - t0))
             nbytes = weight_bytes(cfg, fmt)
+            paths = {kind: forward_path(cfg, n) for kind, n in ROWS.items()}
             for kind, ts in times.items():
                 s = sorted(ts)
                 timing = Timing(statistics.median(s), s[len(s) // 5], s[(4 * len(s)) // 5], len(s),
@@ -155,22 +156,45 @@ def run(quick: bool = False, out_dir=None, device=None, backends=None, budget_s=
                 rec.add("forward", fmt, dict(shape=shape_name, hidden=cfg.hidden_size, layers=cfg.num_hidden_layers,
                                              rows=ROWS[kind]), torch.float32, timing,
                         role="baseline" if fmt == "fp32" else "tridiff", bytes=nbytes, group=f"{shape_name}-{kind}",
-                        kind=kind, weight_format=fmt, tokens_per_s=ROWS[kind] * 1e3 / timing.median_ms)
+                        kind=kind, weight_format=fmt, tokens_per_s=ROWS[kind] * 1e3 / timing.median_ms,
+                        path=paths[kind], cpu_gemm=gemm_build())
             del model, cache
     recs = rec.finish(print_table=False)
     print(table(recs))
     return recs
 
 
+def forward_path(config, rows: int) -> str:
+    """Which layers a CPU fp32 forward of `rows` rows runs (tridiff.layer_stack's rule, as
+    tridiff.model applies it): "stack" (the one-call C++ stack, bf16/int4 panels inside)
+    or "op-by-op" (each projection through ops.mixed_linear / quant_linear: the same C++
+    panels on the cpp backend, F.linear for fp32)."""
+    from tridiff import _dispatch, layer_stack
+
+    c = config
+    layer_weights = c.hidden_size * (2 * c.q_size + 2 * c.kv_size + 3 * c.intermediate_size)
+    stack = _dispatch.backend_unavailable("cpp") is None and \
+        layer_stack.wanted(torch.device("cpu"), torch.float32, rows, layer_weights)
+    return "stack" if stack else "op-by-op"
+
+
+def gemm_build() -> str:
+    """The C++ panels' build ("avx2+fma" / "baseline"), or why there is none."""
+    from tridiff import _dispatch, _ext
+
+    reason = _dispatch.backend_unavailable("cpp")
+    return _ext.load("cpp").decoder_gemm_build() if reason is None else f"none: {reason}"
+
+
 def table(recs) -> str:
     lines = [f"{'shape':<6} {'kind':<7} {'format':<10} {'MB/fwd':>8} {'ms':>9} {'floor ms':>9} {'of floor':>9} "
-             f"{'vs fp32':>8}"]
+             f"{'vs fp32':>8}  path"]
     base = {(r["shape"]["shape"], r["extra"]["kind"]): r["median_ms"] for r in recs if r["backend"] == "fp32"}
     for r in recs:
         key = (r["shape"]["shape"], r["extra"]["kind"])
         speed = base[key] / r["median_ms"] if key in base else float("nan")
         lines.append(f"{key[0]:<6} {key[1]:<7} {r['backend']:<10} {r['bytes'] / 1e6:>8.1f} {r['median_ms']:>9.3f} "
-                     f"{r['floor_ms']:>9.3f} {r['peak_fraction']:>8.0%} {speed:>7.2f}x")
+                     f"{r['floor_ms']:>9.3f} {r['peak_fraction']:>8.0%} {speed:>7.2f}x  {r['extra'].get('path', '?')}")
     return "\n".join(lines)
 
 

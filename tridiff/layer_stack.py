@@ -13,7 +13,14 @@ about 2/3 of torch's BLAS and its attention (the CPU build of the GPU tiling) gr
 the rows, so once a forward multiplies many rows the op-by-op layers win. Measured
 (bench/NOTES.md, "CPU layer stack"; python -m bench.bench_cpu_layer_stack): the stack was
 faster up to ~32 rows on the small shape (0.75 M weights per layer) and up to ~8 rows on
-the mid one (12 M); both limits sit below those crossovers.
+the mid one (12 M). MAX_ROWS = 33 takes the 32-row diffusion forwards of block 32 and the
+33-row verifies at the small shape (33 x 0.75 M = 25 M row-weights, inside
+MAX_ROW_WEIGHTS; 33 rows sits at the measured ~32-row crossover, not yet timed there);
+MAX_ROW_WEIGHTS keeps the mid shape at <= 5 rows.
+
+Weight formats: bf16 and int4 models (tridiff.quant) take the same limits; their op-by-op
+layers multiply through the same C++ panels (ops.mixed_linear / quant_linear on the cpp
+backend), so beyond the limits they lose only the one-call saving.
 """
 from __future__ import annotations
 
@@ -24,7 +31,7 @@ import torch
 from tridiff import _dispatch
 
 ENV = "TRIDIFF_CPU_LAYER_STACK"
-MAX_ROWS = 24
+MAX_ROWS = 33
 MAX_ROW_WEIGHTS = 64_000_000
 _DTYPES = (torch.float32, torch.float64)
 

@@ -141,6 +141,12 @@ class MLP(_FusedRows):
         return linear(F.silu(gate) * up, self.down_proj.weight)
 
 
+def _held(module: nn.Module) -> torch.Tensor:
+    """A projection module's weight parameter, or a packed one's qweight buffer."""
+    p = module._parameters.get("weight")
+    return p if p is not None else module._buffers["qweight"]
+
+
 class DecoderLayer(nn.Module):
     def __init__(self, c: ModelConfig, index: int, dtype, device):
         super().__init__()
@@ -150,12 +156,13 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = Weight(c.hidden_size, dtype=dtype, device=device)
 
     def stack_params(self) -> list:
-        """Every weight of the layer (9 parameters), read through the module dicts (no
-        nn.Module.__getattr__): tridiff.model keys its ops.decoder_layers_ weights on them."""
+        """Every weight of the layer (9 parameters; a packed projection (tridiff.quant) gives
+        its codes), read through the module dicts (no nn.Module.__getattr__): tridiff.model
+        keys its ops.decoder_layers_ weights on them."""
         attn, mlp = self.self_attn._modules, self.mlp._modules
         return [self._modules[name]._parameters["weight"] for name in ("input_layernorm", "post_attention_layernorm")] \
-            + [attn[name]._parameters["weight"] for name in ("q_proj", "k_proj", "v_proj", "o_proj")] \
-            + [mlp[name]._parameters["weight"] for name in ("gate_proj", "up_proj", "down_proj")]
+            + [_held(attn[name]) for name in ("q_proj", "k_proj", "v_proj", "o_proj")] \
+            + [_held(mlp[name]) for name in ("gate_proj", "up_proj", "down_proj")]
 
     def forward(self, x, ctx: ForwardContext, lora: Optional["LoraLayer"] = None):
         x = x + self.self_attn.forward(rms_norm(x, self.input_layernorm.weight, ctx.eps), ctx, lora)

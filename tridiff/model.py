@@ -244,8 +244,6 @@ class Model(nn.Module):
         layer_weights = c.hidden_size * (2 * c.q_size + 2 * c.kv_size + 3 * c.intermediate_size)
         if not layer_stack.wanted(x.device, x.dtype, rows, layer_weights):
             return None
-        if self.weight_format != "full":   # the C++ stack takes full-precision weights only
-            return None
         stack_backend = layer_stack.stack_backend(backend)
         if stack_backend is None:
             return None
@@ -277,8 +275,11 @@ class Model(nn.Module):
             for i, layer in enumerate(self.encoder.layers):
                 attn, mlp = layer.self_attn, layer.mlp
                 lora = self.linear_spec_lora[i] if use_lora else None
-                weights += [layer.input_layernorm.weight, attn.fused_weight(), attn.o_proj.weight,
-                            layer.post_attention_layernorm.weight, mlp.fused_weight(), mlp.down_proj.weight,
+                # bf16 tensors and packed weights (tridiff.quant) go as they are; packed
+                # ones in their CPU layout (tridiff.quant.packed), laid out once here
+                weights += [layer.input_layernorm.weight, attn.fused_weight(), _cpu_layout(attn.o_proj.weight),
+                            layer.post_attention_layernorm.weight, mlp.fused_weight(),
+                            _cpu_layout(mlp.down_proj.weight),
                             lora.lora_A.weight if lora is not None else None,
                             lora.lora_B.weight if lora is not None else None]
             hit = self._checked_stacks[use_lora] = (key, ops.DecoderWeights(weights))
@@ -325,3 +326,9 @@ class Model(nn.Module):
         cos, sin = rotary_tables(*cos_sin(positions, self.inv_freq, c.attention_factor, dtype))
         q_scale = llama4_query_scale(positions, c.llama_4_scaling_beta, c.original_max_position_embeddings, dtype)
         return cos, sin, q_scale
+
+
+def _cpu_layout(weight):
+    """A projection weight for the layer stack: a tensor as it is, a PackedLinear with its
+    codes in the CPU layout (tridiff.quant.packed.PackedLinear.cpu_layout_)."""
+    return weight if isinstance(weight, torch.Tensor) else weight.cpu_layout_()

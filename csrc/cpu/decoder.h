@@ -12,14 +12,32 @@
 
 namespace td {
 
-// One layer's weights, row-major [out, in] like torch.nn.functional.linear's weight.
+// How a projection's weight W [N out, K in] is stored (ProjWeight.format).
+enum ProjFormat : int {
+  kProjFull = 0,   // the activations' dtype, row-major [N, K] like F.linear's weight
+  kProjBf16 = 1,   // bf16 [N, K] (fp32 activations only), fp32 accumulation
+  kProjInt4 = 2,   // GPTQ int4 (fp32 activations only): codes int32 [N, K/8] (qweight
+                   // transposed: word [n, w] holds k = 8 w + j in bits 4j..4j+3), scales fp16
+                   // [G, N], zeros int32 [G, N/8] holding the TRUE zero points (GPTQ "v2"
+                   // words), G = K / group_size; W[n, k] = scale (q - z) of group k / group_size
+};
+
+struct ProjWeight {
+  const void* w = nullptr;        // [N, K] (full, bf16) or the int4 codes [N, K/8]
+  int format = kProjFull;
+  const uint16_t* scales = nullptr;   // int4
+  const int32_t* zeros = nullptr;     // int4
+  int64_t group_size = 0;             // int4: a multiple of 64 dividing K
+};
+
+// One layer's weights; projections as ProjWeight (full ones row-major [out, in]).
 struct DecoderLayerPtrs {
   const void* norm1;    // [H]        input_layernorm
-  const void* qkv;      // [(Hq + 2 Hkv) D, H]  q, k, v row blocks
-  const void* o;        // [H, Hq D]
+  ProjWeight qkv;       // [(Hq + 2 Hkv) D, H]  q, k, v row blocks
+  ProjWeight o;         // [H, Hq D]
   const void* norm2;    // [H]        post_attention_layernorm
-  const void* gate_up;  // [2 I, H]   gate, up row blocks
-  const void* down;     // [H, I]
+  ProjWeight gate_up;   // [2 I, H]   gate, up row blocks
+  ProjWeight down;      // [H, I]
   const void* lora_a;   // [rank, Hq D] or nullptr
   const void* lora_b;   // [H, rank]    or nullptr
   int64_t lora_rank;    // this layer's rank (PEFT adapters may differ per layer); 0 without LoRA
@@ -42,8 +60,20 @@ struct DecoderArgs {
 };
 
 // kOk, kBadArgument (inconsistent sizes, a LoRA pointer without its pair or rank, threads
-// < 1) or kBadDtype (fp32 and fp64 only).
+// < 1, a projection's format or group size, see proj_weight_ok) or kBadDtype (fp32 and
+// fp64 only; bf16 and int4 projections with fp32 only).
 int decoder_layers_cpu(const DecoderArgs& a, int dtype);
+
+// Whether w can be the weight of an [N, K] projection (format known; int4: scales, zeros
+// given, N % 8 == 0, group_size a multiple of 64 dividing K). K, N >= 1.
+bool proj_weight_ok(const ProjWeight& w, int64_t N, int64_t K);
+
+// out[rows, N] = x[rows, K] W^T for one bf16 or int4 projection, fp32 (the standalone
+// linear of tridiff.ops.quant_linear / mixed_linear on the cpp backend), on `threads`
+// OpenMP threads. kOk, kBadArgument (proj_weight_ok, rows < 0, threads < 1) or kBadDtype
+// (a full-format weight: F.linear serves those).
+int proj_linear_cpu(const ProjWeight& w, const float* x, int64_t rows, int64_t K, int64_t N, float* out,
+                    int threads);
 
 // Which build of the GEMM panels runs: "avx2+fma" or "baseline" (x86-64 without AVX2, other
 // CPUs, or TRIDIFF_CPU_GEMM=base).

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #ifdef _OPENMP
@@ -31,6 +32,7 @@ namespace avx2 {
 #define TD_PANEL_TARGET __attribute__((target("avx2,fma")))
 #define TD_PANEL_FMA 1
 #include "decoder_gemm.inc"
+#include "decoder_qgemm.inc"
 #undef TD_PANEL_TARGET
 #undef TD_PANEL_FMA
 #define TD_HAVE_AVX2_PANELS 1
@@ -40,6 +42,7 @@ namespace base {
 #define TD_PANEL_TARGET
 #define TD_PANEL_FMA 0
 #include "decoder_gemm.inc"
+#include "decoder_qgemm.inc"
 #undef TD_PANEL_TARGET
 #undef TD_PANEL_FMA
 }  // namespace base
@@ -75,6 +78,22 @@ inline void run_panel(const double* in, int64_t rows, int64_t K, const double* W
   base::panel_f64(in, rows, K, W, n, out, ldo);
 }
 
+inline void run_panel_bf16(const float* xp, const float* x, int64_t rows, int64_t K, const uint16_t* W, int64_t n,
+                           float* out, int64_t ldo) {
+#ifdef TD_HAVE_AVX2_PANELS
+  if (have_avx2()) return avx2::panel_bf16(xp, x, rows, K, W, n, out, ldo);
+#endif
+  base::panel_bf16(xp, x, rows, K, W, n, out, ldo);
+}
+inline void run_panel_int4(const float* xp, int64_t rows, int64_t K, int64_t gs, const int32_t* codes,
+                           const uint16_t* scales, const int32_t* zeros, int64_t N, int64_t col, int64_t n, float* out,
+                           int64_t ldo) {
+#ifdef TD_HAVE_AVX2_PANELS
+  if (have_avx2()) return avx2::panel_int4(xp, rows, K, gs, codes, scales, zeros, N, col, n, out, ldo);
+#endif
+  base::panel_int4(xp, rows, K, gs, codes, scales, zeros, N, col, n, out, ldo);
+}
+
 // A GEMM runs on the OpenMP team only from this many multiply-adds (rows x N x K) on:
 // below it, waking the second thread costs more than it saves. 1 << 16 (65536 MACs, ~2.6-3.5
 // us on one core at the panels' measured speed) is an estimate, not yet a measured sweep
@@ -90,8 +109,8 @@ inline void note_team(int size) {
 // out[rows, N] = in[rows, K] W[N, K]^T, output features split across `threads` threads in
 // chunks of 16 (a multiple of every tile width), in parallel only from kParallelMinMacs on.
 // Each chunk's result is the same whichever thread computes it.
-template <typename T>
-void linear(const T* in, int64_t rows, int64_t K, const T* W, int64_t N, T* out, int threads) {
+template <class Panel>
+void for_chunks(int64_t rows, int64_t K, int64_t N, int threads, const Panel& panel) {
   const int64_t chunk = 16, chunks = (N + chunk - 1) / chunk;
   const bool parallel = threads > 1 && rows * N * K >= kParallelMinMacs;
 #pragma omp parallel num_threads(threads) if (parallel)
@@ -104,7 +123,61 @@ void linear(const T* in, int64_t rows, int64_t K, const T* W, int64_t N, T* out,
 #pragma omp for schedule(static)
     for (int64_t c = 0; c < chunks; ++c) {
       const int64_t n0 = c * chunk, n = N - n0 < chunk ? N - n0 : chunk;
-      run_panel(in, rows, K, W + n0 * K, n, out + n0, N);
+      panel(n0, n);
+    }
+  }
+}
+
+template <typename T>
+void linear(const T* in, int64_t rows, int64_t K, const T* W, int64_t N, T* out, int threads) {
+  for_chunks(rows, K, N, threads, [&](int64_t n0, int64_t n) { run_panel(in, rows, K, W + n0 * K, n, out + n0, N); });
+}
+
+// The activations in the order the bf16 / int4 panels unpack weights (decoder_qgemm.inc):
+// xp [rows, K].
+void prep_bf16(const float* x, int64_t rows, int64_t K, float* xp) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t k = 0; k + 16 <= K; k += 16)
+      for (int l = 0; l < 8; ++l) {
+        xp[r * K + k + l] = x[r * K + k + 2 * l];
+        xp[r * K + k + 8 + l] = x[r * K + k + 2 * l + 1];
+      }
+}
+void prep_int4(const float* x, int64_t rows, int64_t K, float* xp) {
+  static const float unscale[4] = {1.f, 1.f / 16, 1.f / 256, 1.f / 4096};   // powers of two: exact
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * K;
+    for (int64_t b = 0; b < K / 64; ++b)
+      for (int j = 0; j < 8; ++j)
+        for (int l = 0; l < 8; ++l) xp[r * K + 64 * b + 8 * j + l] = xr[64 * b + 8 * l + j] * unscale[j % 4];
+  }
+}
+
+// Scratch of the rearranged activations of one projection call (grown on demand).
+struct ProjScratch {
+  std::vector<float> xp;
+};
+
+// out[rows, N] = in[rows, K] W^T for any format (bf16 and int4 with T = float only: checked
+// up front by the callers).
+template <typename T>
+void project(const T* in, int64_t rows, int64_t K, const ProjWeight& w, int64_t N, T* out, int threads,
+             ProjScratch& sc) {
+  if (w.format == kProjFull) return linear(in, rows, K, static_cast<const T*>(w.w), N, out, threads);
+  if constexpr (std::is_same<T, float>::value) {
+    if (sc.xp.size() < (size_t)(rows * K)) sc.xp.resize(rows * K);
+    float* xp = sc.xp.data();
+    if (w.format == kProjBf16) {
+      prep_bf16(in, rows, K, xp);
+      const uint16_t* W = static_cast<const uint16_t*>(w.w);
+      for_chunks(rows, K, N, threads,
+                 [&](int64_t n0, int64_t n) { run_panel_bf16(xp, in, rows, K, W + n0 * K, n, out + n0, N); });
+    } else {
+      prep_int4(in, rows, K, xp);
+      const int32_t* codes = static_cast<const int32_t*>(w.w);
+      for_chunks(rows, K, N, threads, [&](int64_t n0, int64_t n) {
+        run_panel_int4(xp, rows, K, w.group_size, codes + n0 * (K / 8), w.scales, w.zeros, N, n0, n, out + n0, N);
+      });
     }
   }
 }
@@ -157,11 +230,12 @@ int decoder_layers(const DecoderArgs& a, int dtype) {
   int64_t max_rank = 1;
   for (int64_t l = 0; l < a.num_layers; ++l) max_rank = a.layers[l].lora_rank > max_rank ? a.layers[l].lora_rank : max_rank;
   std::vector<T> h(rows * H), y(rows * H), gu(rows * 2 * I), act(rows * I), lo(rows * max_rank);
+  ProjScratch sc;
   const int nt = a.threads;
   for (int64_t l = 0; l < a.num_layers; ++l) {
     const DecoderLayerPtrs& w = a.layers[l];
     rms_norm(x, static_cast<const T*>(w.norm1), rows, H, a.eps, h.data());
-    linear(h.data(), rows, H, static_cast<const T*>(w.qkv), width, qkv, nt);
+    project(h.data(), rows, H, w.qkv, width, qkv, nt, sc);
     rotary(qkv, rows, Hq, Hkv, D, cos, sin, q_scale);
 
     AttnArgs aa = at;
@@ -176,7 +250,7 @@ int decoder_layers(const DecoderArgs& a, int dtype) {
     const int code = CpuImpl::attention(aa, dtype, nullptr);   // its argument rules: checked up front
     if (code != kOk) return code;
 
-    linear(attn, rows, qd, static_cast<const T*>(w.o), H, y.data(), nt);
+    project(attn, rows, qd, w.o, H, y.data(), nt, sc);
     if (w.lora_a != nullptr) {   // this layer's own rank
       linear(attn, rows, qd, static_cast<const T*>(w.lora_a), w.lora_rank, lo.data(), nt);
       linear(lo.data(), rows, w.lora_rank, static_cast<const T*>(w.lora_b), H, h.data(), nt);
@@ -186,13 +260,13 @@ int decoder_layers(const DecoderArgs& a, int dtype) {
     for (int64_t i = 0; i < rows * H; ++i) x[i] = x[i] + y[i];
 
     rms_norm(x, static_cast<const T*>(w.norm2), rows, H, a.eps, h.data());
-    linear(h.data(), rows, H, static_cast<const T*>(w.gate_up), 2 * I, gu.data(), nt);
+    project(h.data(), rows, H, w.gate_up, 2 * I, gu.data(), nt, sc);
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t i = 0; i < I; ++i) {
         const T g = gu[r * 2 * I + i];
         act[r * I + i] = (g / ((T)1 + std::exp(-g))) * gu[r * 2 * I + I + i];
       }
-    linear(act.data(), rows, I, static_cast<const T*>(w.down), H, y.data(), nt);
+    project(act.data(), rows, I, w.down, H, y.data(), nt, sc);
     for (int64_t i = 0; i < rows * H; ++i) x[i] = x[i] + y[i];
   }
   if (a.final_norm != nullptr) {
@@ -208,6 +282,24 @@ const char* decoder_gemm_build() { return have_avx2() ? "avx2+fma" : "baseline";
 
 int decoder_last_team_size() { return last_team_size.load(std::memory_order_relaxed); }
 
+bool proj_weight_ok(const ProjWeight& w, int64_t N, int64_t K) {
+  if (w.w == nullptr || N < 1 || K < 1) return false;
+  if (w.format == kProjFull || w.format == kProjBf16) return true;
+  if (w.format != kProjInt4) return false;
+  return w.scales != nullptr && w.zeros != nullptr && N % 8 == 0 && w.group_size >= 64 && w.group_size % 64 == 0 &&
+         K % w.group_size == 0;
+}
+
+int proj_linear_cpu(const ProjWeight& w, const float* x, int64_t rows, int64_t K, int64_t N, float* out,
+                    int threads) {
+  if (!proj_weight_ok(w, N, K) || rows < 0 || threads < 1 || x == nullptr || out == nullptr) return kBadArgument;
+  if (w.format == kProjFull) return kBadDtype;
+  last_team_size.store(0, std::memory_order_relaxed);
+  ProjScratch sc;
+  project<float>(x, rows, K, w, N, out, threads, sc);
+  return kOk;
+}
+
 int decoder_layers_cpu(const DecoderArgs& a, int dtype) {
   // Every argument rule before the first write to x or the caches (the attention's own
   // included), so a refused call leaves both as they were.
@@ -219,6 +311,13 @@ int decoder_layers_cpu(const DecoderArgs& a, int dtype) {
     const DecoderLayerPtrs& w = a.layers[l];
     const bool has = w.lora_a != nullptr;
     if (has != (w.lora_b != nullptr) || has != (w.lora_rank > 0) || w.lora_rank < 0) return kBadArgument;
+    const int64_t width = (at.Hq + 2 * at.Hkv) * at.D, qd = at.Hq * at.D;
+    const ProjWeight* proj[4] = {&w.qkv, &w.o, &w.gate_up, &w.down};
+    const int64_t NK[4][2] = {{width, a.H}, {a.H, qd}, {2 * a.I, a.H}, {a.H, a.I}};
+    for (int p = 0; p < 4; ++p) {
+      if (!proj_weight_ok(*proj[p], NK[p][0], NK[p][1])) return kBadArgument;
+      if (proj[p]->format != kProjFull && dtype != kF32) return kBadDtype;
+    }
   }
   last_team_size.store(0, std::memory_order_relaxed);
   if (at.B * at.Tq == 0) return kOk;

@@ -24,6 +24,9 @@ def test_bench_quant_speed_smoke(tmp_path, capsys):
     by = {r["backend"]: r["bytes"] for r in rows}
     assert by["fp32"] == 2 * by["bf16"] > by["bf16"] > by["int4-g128"]
     assert all(r["median_ms"] > 0 and r["floor_ms"] > 0 for r in rows)
+    # the tiny shape's forwards run the one-call C++ stack in every format where it is built
+    assert all(r["extra"]["path"] == ("op-by-op" if r["extra"]["cpu_gemm"].startswith("none") else "stack")
+               for r in rows)
     assert "of floor" in capsys.readouterr().out
 
 

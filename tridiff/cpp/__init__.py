@@ -47,3 +47,8 @@ attention_launch = _backend.attention_launch  # test knobs: forced splits, NaN-f
 # decoder layers in one call (csrc/cpu/decoder_cpu.cpp)
 decoder_layers_ = _backend.decoder_layers_
 supports_decoder_layers_ = _backend.supports_decoder_layers_
+# projections on bf16 and int4 weights (csrc/cpu/decoder_qgemm.inc, the layer stack's panels)
+quant_linear = _backend.quant_linear
+supports_quant_linear = _backend.supports_quant_linear
+mixed_linear = _backend.mixed_linear
+supports_mixed_linear = _backend.supports_mixed_linear

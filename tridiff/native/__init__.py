@@ -11,8 +11,9 @@ before the first call.
 from tridiff.native.attention import AttentionOps
 from tridiff.native.decoder import DecoderOps
 from tridiff.native.kv import KvOps
+from tridiff.native.quant import QuantOps
 from tridiff.native.select import SelectOps
 
 
-class Native(KvOps, SelectOps, DecoderOps, AttentionOps):   # DecoderOps launches the attention tiling too
+class Native(KvOps, SelectOps, DecoderOps, AttentionOps, QuantOps):   # DecoderOps launches the attention tiling too
     """One native backend: Native("cpp", "cpu") or Native("cuda", "cuda")."""

@@ -16,7 +16,11 @@ Layouts (B rows, T new tokens, H hidden, L layers, GQA heads Hq/Hkv of size D):
                 input_layernorm [H], q/k/v [(Hq + 2 Hkv) D, H], o_proj [H, Hq D],
                 post_attention_layernorm [H], gate/up [2 I, H], down [H, I],
                 LoRA A [r, Hq D] and B [H, r] (both None: no LoRA on that layer;
-                r may differ per layer, as PEFT's rank_pattern allows)
+                r may differ per layer, as PEFT's rank_pattern allows). The four
+                projections may also be narrower than x: a bf16/fp16 tensor (multiplied
+                with fp32 accumulation) or a packed GPTQ weight (tridiff.quant.packed
+                PackedLinear / FusedPacked: qweight, scales, zeros (true zero points),
+                bits, group_size, shape (N, K)); norms and LoRA take x's dtype.
   k/v_cache     [L, B, Tmax, Hkv, D] contiguous, or [L, num_pages, page, Hkv, D] paged
   cos, sin      [B, T, D]          rotary tables (sin with rotate_half's sign folded in,
                                    tridiff.layer_math.rotary_tables)
@@ -36,11 +40,12 @@ import torch
 
 from tridiff import _checks as chk
 from tridiff import _dispatch
-from tridiff.reference.decoder import WEIGHTS_PER_LAYER
+from tridiff.reference.decoder import PROJECTIONS, WEIGHTS_PER_LAYER, is_packed
 
 # the module (tridiff.ops.attention), not the function that tridiff.ops exports by that name
 _attention = importlib.import_module("tridiff.ops.attention")
 _NAMES = ("input_layernorm", "qkv", "o_proj", "post_attention_layernorm", "gate_up", "down", "lora_A", "lora_B")
+NARROW_DTYPES = (torch.bfloat16, torch.float16)
 
 
 @torch.library.custom_op("tridiff::decoder_layers_", mutates_args=("x", "k_cache", "v_cache"))
@@ -77,16 +82,23 @@ class DecoderWeights(tuple):
         self.layers = len(weights) // WEIGHTS_PER_LAYER
         self.hidden = self.q_width = self.kv_width = None
         self.dtype = self.device = None
-        self.contiguous = all(w is None or (isinstance(w, torch.Tensor) and w.is_contiguous()) for w in weights)
+        self.contiguous = all(w is None or is_packed(w) or (isinstance(w, torch.Tensor) and w.is_contiguous())
+                              for w in weights)
+        self.packed = any(is_packed(w) for w in weights)   # not a tensor list: no torch.library op call
+        self.narrow = any(is_packed(w) or (isinstance(w, torch.Tensor) and w.dtype in NARROW_DTYPES)
+                          for i, w in enumerate(weights) if i % WEIGHTS_PER_LAYER in PROJECTIONS)
         if self.layers:
+            norm = weights[0]   # input_layernorm [H]: the activations' dtype
+            chk.tensor(f"weights[0] ({_NAMES[0]} of layer 0)", norm, ndim=1, dtypes=chk.FLOAT_DTYPES)
+            self.dtype, self.device = norm.dtype, norm.device
             first = weights[2]   # o_proj [H, Hq D]
-            chk.tensor(f"weights[2] ({_NAMES[2]} of layer 0)", first, ndim=2, dtypes=chk.FLOAT_DTYPES)
-            self.dtype, self.device = first.dtype, first.device
-            self.hidden, self.q_width = first.shape
+            if not is_packed(first):
+                chk.tensor(f"weights[2] ({_NAMES[2]} of layer 0)", first, ndim=2, dtypes=chk.FLOAT_DTYPES)
+            self.hidden, self.q_width = norm.shape[0], first.shape[1]
             if not self.hidden or not self.q_width:   # no hidden size or no query head: nothing to run
                 chk.fail(f"weights[2] ({_NAMES[2]} of layer 0)", "shape [H, Hq D] with H > 0 and Hq D > 0",
                          f"shape {tuple(first.shape)}")
-            qkv_rows = weights[1].shape[0] if isinstance(weights[1], torch.Tensor) else 0
+            qkv_rows = weights[1].shape[0] if isinstance(weights[1], torch.Tensor) or is_packed(weights[1]) else 0
             self.kv_width = (qkv_rows - self.q_width) // 2
         for i in range(self.layers):
             self._check_layer(i, weights[i * WEIGHTS_PER_LAYER:(i + 1) * WEIGHTS_PER_LAYER])
@@ -99,7 +111,11 @@ class DecoderWeights(tuple):
         for j, w in enumerate(layer):
             if w is None and j >= 6:
                 continue
-            chk.tensor(name(j), w, ndim=1 if j in (0, 3) else 2, dtypes=(self.dtype,), device=self.device)
+            if j in PROJECTIONS and is_packed(w):
+                _check_packed(name(j), w, self.device)
+                continue
+            dtypes = (self.dtype,) + (NARROW_DTYPES if j in PROJECTIONS else ())
+            chk.tensor(name(j), w, ndim=1 if j in (0, 3) else 2, dtypes=dtypes, device=self.device)
         lora_a, lora_b = layer[6], layer[7]
         if (lora_a is None) != (lora_b is None):
             chk.fail(name(7 if lora_b is None else 6), "LoRA A and B both given or both None", "only one of them")
@@ -112,6 +128,13 @@ class DecoderWeights(tuple):
         for j, (w, shape) in enumerate(zip(layer, want)):
             if w is not None and tuple(w.shape) != shape:
                 chk.fail(name(j), f"shape {shape}", f"shape {tuple(w.shape)}")
+
+    def cache(self, key: str, make):
+        """A value derived from these weights (a backend's pointer list), made once."""
+        store = self.__dict__.setdefault("_derived", {})
+        if key not in store:
+            store[key] = make()
+        return store[key]
 
     def check_against(self, x, L: int, Hkv: int, D: int) -> int:
         """Sizes against x [B, T, H] and caches of L layers with Hkv heads of D; returns Hq."""
@@ -128,6 +151,23 @@ class DecoderWeights(tuple):
             chk.fail("weights", f"q/k/v rows for Hkv={Hkv} heads of D={D} (as k_cache) and a multiple of Hkv "
                      "query heads", f"q rows {self.q_width}, k/v rows {self.kv_width} each")
         return self.q_width // D
+
+
+def _check_packed(name: str, w, device) -> None:
+    """A packed projection's tensors: int32 codes and zero points, float scales, on `device`,
+    with the sizes of tridiff.ops.quant_linear (shape (N, K) from the object)."""
+    N, K = w.shape
+    bits, gs = w.bits, w.group_size
+    if bits not in (4, 8) or not isinstance(gs, int) or gs < 1 or K % gs:
+        chk.fail(name, "a packed weight with bits 4 or 8 and a group size dividing K",
+                 f"bits {bits!r}, group_size {gs!r}, K {K}")
+    P, G = 32 // bits, K // gs
+    for part, t, dtypes, shape in (("qweight", w.qweight, (torch.int32,), (K // P, N)),
+                                   ("scales", w.scales, chk.FLOAT_DTYPES, (G, N)),
+                                   ("zeros", w.zeros, (torch.int32,), (G, N // P))):
+        chk.tensor(f"{name}.{part}", t, ndim=2, dtypes=dtypes, device=device)
+        if tuple(t.shape) != shape:
+            chk.fail(f"{name}.{part}", f"shape {shape}", f"shape {tuple(t.shape)}")
 
 
 def normalize_decoder_args(x, weights, k_cache, v_cache, cache_lens, modes, mode_args, q_lens, block_table,
@@ -173,7 +213,7 @@ class DecoderPlan:
         self.args = args
 
     def __call__(self) -> torch.Tensor:
-        if _dispatch.traced():
+        if _dispatch.traced() and not self.args[1].packed:
             args = self.args
             _decoder_op(args[0], list(args[1]), *args[2:], self.backend)
         else:

@@ -1,15 +1,21 @@
-"""Public weight-only quantized projection.
+"""Public projections on narrow weights: weight-only quantized, and a weight of another
+float dtype than the activations.
 
   quant_linear(x [..., K], qweight, scales, qzeros, *, bits, group_size, backend="auto")
       -> y [..., N] in x.dtype, y = x @ W^T with W^T [K, N] = scales[g] * (q - z[g]),
          g = k // group_size, the products accumulated in fp32 (fp64 for fp64 x).
+  mixed_linear(x [..., K], weight [N, K], *, backend="auto")
+      -> y [..., N] in x.dtype: F.linear in the wider of the two dtypes (a bf16 weight with
+         fp32 x: fp32 accumulation), without a wider copy of the weight.
 
 Layout (GPTQ, tridiff.quant.gptq): qweight int32 [K*bits/32, N] (codes packed along K),
 scales [G, N] (fp16, bf16 or fp32), qzeros int32 [G, N*bits/32] holding the TRUE zero
 points (GPTQModel's internal "v2" words: a v1 checkpoint's words are converted once at
 load, tridiff.quant.gptq.v2_words), G = K / group_size. bits 4 or 8. Input features in
 order: a desc_act checkpoint's g_idx is refused at load (tridiff.quant.config).
-Pure function: nothing is mutated.
+Pure functions: nothing is mutated. The cpp backend serves both on CPU with float32 x
+(4-bit codes, fp16 scales, group sizes that are multiples of 64; bf16 weights), through
+the panels of the C++ layer stack (csrc/cpu/decoder_qgemm.inc).
 """
 from __future__ import annotations
 
@@ -63,4 +69,34 @@ def quant_linear(x, qweight, scales, qzeros, *, bits, group_size, backend="auto"
     lead = x.shape[:-1]
     x2 = x.reshape(-1, K)
     y = run("quant_linear", backend, x.device, (x2, qweight, scales, qzeros, bits, group_size), _quant_linear_op)
+    return y.view(*lead, N)
+
+
+@torch.library.custom_op("tridiff::mixed_linear", mutates_args=())
+def _mixed_linear_op(x: torch.Tensor, weight: torch.Tensor, backend: str) -> torch.Tensor:
+    return _dispatch.implementation("mixed_linear", backend)(x, weight)
+
+
+@_mixed_linear_op.register_fake
+def _mixed_linear_fake(x, weight, backend):
+    return x.new_empty((x.shape[0], weight.shape[0]))
+
+
+def check_mixed_linear(x, weight) -> tuple:
+    """Argument checks (nothing is read or written before they pass); returns (K, N)."""
+    chk.tensor("x", x, dtypes=chk.FLOAT_DTYPES)
+    if x.dim() < 1:
+        chk.fail("x", "a tensor [..., K]", "a 0-d tensor")
+    chk.tensor("weight", weight, ndim=2, dtypes=chk.FLOAT_DTYPES, device=x.device)
+    K = x.shape[-1]
+    if weight.shape[1] != K:
+        chk.fail("weight", f"shape [N, {K}] (K as x)", f"shape {tuple(weight.shape)}")
+    return K, weight.shape[0]
+
+
+def mixed_linear(x, weight, *, backend="auto"):
+    K, N = check_mixed_linear(x, weight)
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, K)
+    y = run("mixed_linear", backend, x.device, (x2, weight), _mixed_linear_op)
     return y.view(*lead, N)

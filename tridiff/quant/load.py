@@ -161,12 +161,17 @@ def build_model(config, weights, *, device="cpu", dtype: Optional[torch.dtype] =
 
 
 def finish(model) -> None:
-    """After the tensors are filled: stack q/k/v and gate/up once (packed: concatenated)."""
+    """After the tensors are filled: stack q/k/v and gate/up once (packed: concatenated,
+    on CPU straight into the C++ panels' layout) and lay o/down's codes out for CPU
+    (tridiff.quant.packed: same values, one copy)."""
     for layer in model.encoder.layers:
         layer.self_attn._fused = None
         layer.mlp._fused = None
         layer.self_attn.fused_weight()
         layer.mlp.fused_weight()
+        for module in (layer.self_attn.o_proj, layer.mlp.down_proj):
+            if isinstance(module, PackedLinear):
+                module.cpu_layout_()
 
 
 def load_model(cls, found, *, device="cpu", dtype: Optional[torch.dtype] = None):

@@ -9,22 +9,27 @@ the parts' codes and scales concatenated along N (the packed layout keeps every 
 whole), the parts' buffers re-pointed at views of it, so each code is in memory once.
 
 A full-precision weight of another dtype than the activations (bf16 weights with fp32
-activations: the "bf16" weight format) is multiplied by mixed_linear: upcast one block of
-rows at a time (at most UPCAST_ELEMS elements, so no fp32 copy of the weight or the model
-is ever held) and multiplied in the wider dtype: fp32 accumulation of bf16 weights.
+activations: the "bf16" weight format) is multiplied by ops.mixed_linear: on CPU with
+fp32 activations the C++ bf16 panels (cpp backend: each weight widened in registers),
+else its reference, which upcasts one block of rows at a time (no fp32 copy of the weight
+is ever held). Packed weights go through ops.quant_linear the same way (C++ int4 panels on
+CPU, Triton on CUDA, the reference otherwise).
+
+CPU layout of the codes: on CPU a PackedLinear's and a FusedPacked's qweight [K/8, N] is
+held transposed in memory (qweight.t() contiguous: each output feature's codes are one
+contiguous run, what the C++ int4 panels stream). It is the same tensor, the same values
+and bytes (a strided view, not a copy): state_dict() and the GPTQ export see the GPTQ
+qweight. cpu_layout_ relayouts once; the codes are never held twice.
 """
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tridiff import ops
 from tridiff.quant.gptq import pack_factor, v2_words
-
-UPCAST_ELEMS = 1 << 21   # 8 MiB of fp32 per upcast block
 
 
 def linear(x: torch.Tensor, weight) -> torch.Tensor:
@@ -36,18 +41,17 @@ def linear(x: torch.Tensor, weight) -> torch.Tensor:
 
 
 def mixed_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """F.linear in the wider of the two dtypes (promote_types: fp32 for bf16 and fp16),
-    the weight upcast UPCAST_ELEMS at a time; the result in x's dtype."""
-    acc = torch.promote_types(x.dtype, weight.dtype)
-    N, K = weight.shape
-    xa = x.to(acc)
-    rows = max(1, UPCAST_ELEMS // max(K, 1))
-    if N <= rows:
-        return F.linear(xa, weight.to(acc)).to(x.dtype)
-    out = torch.empty(*x.shape[:-1], N, dtype=x.dtype, device=x.device)
-    for n0 in range(0, N, rows):
-        out[..., n0:n0 + rows] = F.linear(xa, weight[n0:n0 + rows].to(acc))
-    return out
+    """F.linear in the wider of the two dtypes (promote_types: fp32 for bf16 and fp16)
+    without a wider copy of the weight (ops.mixed_linear); the result in x's dtype."""
+    return ops.mixed_linear(x, weight)
+
+
+def transposed_codes(qweight: torch.Tensor) -> torch.Tensor:
+    """qweight [K/8, N] with the same values held transposed in memory (qweight.t()
+    contiguous); returned as it is when it already is."""
+    if qweight.t().is_contiguous():
+        return qweight
+    return qweight.t().contiguous().t()
 
 
 class PackedLinear(nn.Module):
@@ -73,6 +77,24 @@ class PackedLinear(nn.Module):
     def weight(self) -> "PackedLinear":
         return self
 
+    @property
+    def shape(self) -> tuple:
+        """(out_features, in_features), as a weight tensor's shape reads."""
+        return (self.out_features, self.in_features)
+
+    @property
+    def zeros(self) -> torch.Tensor:
+        """The true (v2) zero-point words (tridiff.ops.quant_linear's qzeros)."""
+        return self.zeros_v2()
+
+    def cpu_layout_(self) -> "PackedLinear":
+        """On CPU: hold qweight transposed in memory (module docstring), once."""
+        if self.qweight.device.type == "cpu":
+            codes = transposed_codes(self.qweight)
+            if codes is not self.qweight:
+                self.qweight = codes
+        return self
+
     def zeros_v2(self) -> torch.Tensor:
         z = self.qzeros
         hit = self._zeros
@@ -81,6 +103,7 @@ class PackedLinear(nn.Module):
         return hit[1]
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        self.cpu_layout_()
         return ops.quant_linear(x, self.qweight, self.scales, self.zeros_v2(), bits=self.bits,
                                 group_size=self.group_size)
 
@@ -99,7 +122,10 @@ class FusedPacked:
                for p in parts):
             raise ValueError("fused packed projections need one bits, group_size and in_features")
         self.bits, self.group_size = first.bits, first.group_size
-        self.qweight = torch.cat([p.qweight for p in parts], dim=1)
+        if first.qweight.device.type == "cpu":   # the CPU layout (module docstring), built in place
+            self.qweight = torch.cat([p.qweight.t() for p in parts], dim=0).t()
+        else:
+            self.qweight = torch.cat([p.qweight for p in parts], dim=1)
         self.scales = torch.cat([p.scales for p in parts], dim=1)
         self.zeros = torch.cat([p.zeros_v2() for p in parts], dim=1)
         n0 = 0
@@ -109,6 +135,11 @@ class FusedPacked:
             p.scales = self.scales[:, n0:n0 + n]
             n0 += n
         self.key = fused_key(parts)
+
+    @property
+    def shape(self) -> tuple:
+        """(N, K) of the fused weight, as a weight tensor's shape reads."""
+        return (self.qweight.shape[1], self.qweight.shape[0] * pack_factor(self.bits))
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         return ops.quant_linear(x, self.qweight, self.scales, self.zeros, bits=self.bits, group_size=self.group_size)

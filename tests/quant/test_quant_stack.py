@@ -1,0 +1,226 @@
+"""The C++ layer stack (ops.decoder_layers_ on the cpp backend) on bf16 and int4 (GPTQ)
+projection weights with the fp32 drafter LoRA on top: against the plain-PyTorch reference
+stack with the same weights (dequantize, then matmul) with dtype-aware bounds; bad packed
+weights refused by name before anything is written; the quantized tiny preset and the
+bundled model (written by tridiff.quant export, read back by its loader) through the stack
+path: the same logits as the op-by-op reference forward, and self-speculation equal to AR
+greedy token for token."""
+import pytest
+import torch
+
+import tridiff.cpp
+from tests.cpp.support import REASON
+from tests.ops.test_decoder import make_case, run
+from tridiff import layer_stack, models, ops
+from tridiff.checkpoint import write_random_checkpoint
+from tridiff.generate import generate
+from tridiff.model import Model
+from tridiff.quant import gptq
+from tridiff.quant.export import quantize_checkpoint
+from tridiff.quant.load import from_pretrained
+from tridiff.quant.packed import FusedPacked, PackedLinear
+from tridiff.tokenizer import Tokenizer
+
+pytestmark = pytest.mark.skipif(REASON is not None, reason=str(REASON))
+EPS = torch.finfo(torch.float32).eps
+# H, Hq D, I multiples of 64 (the int4 panels' K block); LoRA rank 8 on every layer
+SHAPE = dict(H=128, Hq=4, Hkv=2, D=32, I=128, L=2, Tmax=80, rank=8)
+
+
+def packed_weight(w, group, sym):
+    """A PackedLinear holding w [N, K] quantized (round to nearest), codes in the CPU layout."""
+    N, K = w.shape
+    q = gptq.quantize_rtn(w, 4, group, sym=sym)
+    m = PackedLinear(K, N, 4, group)
+    m.qweight.copy_(q.qweight)
+    m.qzeros.copy_(q.qzeros)
+    m.scales.copy_(q.scales)
+    m.g_idx.copy_(q.g_idx)
+    return m.cpu_layout_()
+
+
+def narrow(case, fmt, group=128, sym=True):
+    """The case with its projections in `fmt` (norms, LoRA, activations as they were)."""
+    out = dict(case)
+    weights = list(case["weights"])
+    for i, w in enumerate(weights):
+        if i % 8 in (1, 2, 4, 5):
+            weights[i] = w.to(torch.bfloat16) if fmt == "bf16" else packed_weight(w.float(), group, sym)
+    out["weights"] = weights
+    return out
+
+
+def cast(case, dtype):
+    out = dict(case)
+    for name in ("x", "k", "v", "cos", "sin", "q_scale", "final_norm"):
+        out[name] = case[name].to(dtype).clone()
+    out["weights"] = [w.to(dtype) if isinstance(w, torch.Tensor) and w.dtype in (torch.float32, torch.float64)
+                      else w for w in case["weights"]]
+    return out
+
+
+@pytest.mark.parametrize("fmt,group,sym", [("bf16", 0, True), ("int4", 128, True), ("int4", 128, False),
+                                           ("int4", 64, True), ("int4", 64, False)])
+@pytest.mark.parametrize("B,T", [(1, 1), (1, 17), (1, 33), (2, 3)])
+def test_stack_matches_the_reference(fmt, group, sym, B, T):
+    """cpp in fp32 vs the reference in fp64 on the same narrow weights: error <= 2x the fp32
+    reference's own + one ulp of the largest value (tests/ops/test_decoder.py's bound)."""
+    case = narrow(make_case(B=B, T=T, lens=(5, 17)[:B], **SHAPE), fmt, group, sym)
+    want = run(cast(case, torch.float64), "torch", final_norm=True)
+    own = run(cast(case, torch.float32), "torch", final_norm=True)
+    got = run(cast(case, torch.float32), "cpp", final_norm=True)
+    for name, w, o, g in zip(("x", "k_cache", "v_cache"), want, own, got):
+        scale = w.abs().max().item()
+        limit = 2 * (o.double() - w).abs().max().item() + EPS * scale
+        err = (g.double() - w).abs().max().item()
+        assert err <= limit, f"{name}: max abs error {err} > {limit}"
+
+
+def test_bad_packed_weights_are_refused_by_name_before_any_write():
+    case = cast(narrow(make_case(B=1, T=2, lens=(5,), **SHAPE), "int4", 64, False), torch.float32)
+    x0, k0, v0 = case["x"].clone(), case["k"].clone(), case["v"].clone()
+
+    def refused(i, w, match):
+        bad = dict(case)
+        bad["weights"] = list(case["weights"])
+        bad["weights"][i] = w
+        with pytest.raises(ops.TridiffInputError, match=match):
+            run(bad, "cpp")
+        assert torch.equal(case["x"], x0) and torch.equal(case["k"], k0) and torch.equal(case["v"], v0)
+
+    qkv = case["weights"][1]
+    wrong_scales = packed_weight(torch.randn(qkv.shape), 64, False)
+    wrong_scales.scales = wrong_scales.scales[:1]          # [1, N] for G = 2
+    refused(1, wrong_scales, r"^weights\[1\] \(qkv of layer 0\)\.scales: expected shape")
+    bad_group = packed_weight(torch.randn(qkv.shape), 64, False)
+    bad_group.group_size = 96                                # K = 128 is not a multiple of it
+    refused(1, bad_group, r"^weights\[1\] \(qkv of layer 0\): expected a packed weight .* group size dividing K")
+    n_mismatch = packed_weight(torch.randn(SHAPE["H"] + 8, SHAPE["Hq"] * SHAPE["D"]), 64, False)
+    refused(2, n_mismatch, r"^weights\[2\] \(o_proj of layer 0\): expected shape \(128, 128\)")
+
+
+def test_unsupported_packed_weights_run_the_reference_instead():
+    """Where the panels do not apply (8-bit codes here), auto picks the reference stack and
+    naming cpp says why."""
+    case = cast(narrow(make_case(B=1, T=2, lens=(5,), **SHAPE), "int4", 64, True), torch.float32)
+    w = case["weights"][4]
+    q8 = gptq.quantize_rtn(torch.randn(w.shape), 8, 64)
+    m = PackedLinear(w.shape[1], w.shape[0], 8, 64)
+    m.qweight.copy_(q8.qweight)
+    m.qzeros.copy_(q8.qzeros)
+    m.scales.copy_(q8.scales)
+    case["weights"][4] = m
+    plan = ops.decoder_plan(case["x"], case["weights"], case["k"], case["v"], case["lens"], 0, cos=case["cos"],
+                            sin=case["sin"], q_scale=case["q_scale"], eps=1e-5)
+    assert plan.backend == "torch"
+    with pytest.raises(ops.BackendUnavailable, match=r"weights\[4\]: the C\+\+ quantized panels take 4-bit codes"):
+        run(case, "cpp")
+
+
+# ---- whole models through the stack path ---------------------------------------------------------
+
+@pytest.fixture
+def stack_rows(monkeypatch):
+    """Rows of every forward the C++ stack ran (TRIDIFF_CPU_LAYER_STACK=1: every forward it
+    can take); a forward on any other path is recorded as -rows."""
+    monkeypatch.setenv(layer_stack.ENV, "1")
+    rows = []
+    real_kernel, real_choice = tridiff.cpp.decoder_layers_, Model._layer_stack
+    ran = []
+
+    def counted(*args):
+        ran.append(True)
+        return real_kernel(*args)
+
+    def chosen(self, x, ctx, use_lora, backend):
+        plan = real_choice(self, x, ctx, use_lora, backend)
+        n = x.shape[0] * x.shape[1]
+        if plan is None:
+            rows.append(-n)
+            return None
+
+        def run_plan():
+            before = len(ran)
+            out = plan()
+            rows.append(n if len(ran) == before + 1 else -n)
+            return out
+        return run_plan
+
+    monkeypatch.setattr(tridiff.cpp, "decoder_layers_", counted)
+    monkeypatch.setattr(Model, "_layer_stack", chosen)
+    return rows
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory):
+    full = tmp_path_factory.mktemp("tiny-full")
+    write_random_checkpoint(full, "tiny", seed=3, with_adapter=True, dtype=torch.float32)
+    q = tmp_path_factory.mktemp("tiny-q4") / "q"
+    quantize_checkpoint(full, q, bits=4, group_size=64, sym=False)
+    return full, q
+
+
+def _forward(model, tokens, backend):
+    cache = model.new_cache(tokens.shape[0], 48)
+    prefix = model(tokens[:, :5], cache, kv="commit", adapter=True, backend=backend)
+    rest = model(tokens[:, 5:], cache, kv="commit", adapter=True, backend=backend)
+    return torch.cat([prefix, rest], dim=1), cache.k.clone()
+
+
+@pytest.mark.parametrize("fmt", ["int4-g64", "bf16"])
+def test_quantized_tiny_model_stack_equals_the_op_by_op_reference(tiny_dirs, stack_rows, fmt):
+    full, q = tiny_dirs
+    load = (lambda dtype: Model.from_pretrained(q, dtype=dtype)) if fmt != "bf16" else \
+        (lambda dtype: from_pretrained(full, weights="bf16", dtype=dtype))
+    model = load(torch.float32)
+    assert model.weight_format == fmt
+    tokens = torch.randint(0, model.config.vocab_size, (2, 22), generator=torch.Generator().manual_seed(0))
+    got, got_k = _forward(model, tokens, "auto")
+    assert stack_rows == [10, 34], stack_rows          # both forwards (5 and 17 rows per sequence) on the stack
+    own, own_k = _forward(model, tokens, "torch")      # op by op, the reference ops, fp32
+    assert stack_rows == [10, 34, -10, -34]
+    want, want_k = _forward(load(torch.float64), tokens, "torch")
+    for name, w, o, g in (("logits", want, own, got), ("k_cache", want_k, own_k, got_k)):
+        scale = w.abs().max().item()
+        limit = 2 * (o.double() - w).abs().max().item() + EPS * scale
+        err = (g.double() - w).abs().max().item()
+        assert err <= limit, f"{name}: max abs error {err} > {limit}"
+
+
+def test_packed_codes_are_held_once_in_the_cpu_layout(tiny_dirs, stack_rows):
+    """Loading lays the fused q/k/v and gate/up codes out transposed in memory (one tensor,
+    the parts views of it) and the stack relayouts o/down in place: the state dict is still
+    the GPTQ checkpoint, value for value."""
+    _, q = tiny_dirs
+    model = Model.from_pretrained(q, dtype=torch.float32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model(torch.tensor([[1, 2, 3]]), model.new_cache(1, 8))
+    assert stack_rows == [3]
+    layer = model.encoder.layers[0]
+    fused = layer.self_attn.fused_weight()
+    assert isinstance(fused, FusedPacked) and fused.qweight.t().is_contiguous()
+    assert layer.self_attn.k_proj.qweight.untyped_storage().data_ptr() == fused.qweight.untyped_storage().data_ptr()
+    assert layer.self_attn.o_proj.qweight.t().is_contiguous() and layer.mlp.down_proj.qweight.t().is_contiguous()
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_self_speculation_equals_ar_on_the_quantized_bundled_model_through_the_stack(tmp_path, stack_rows):
+    q = tmp_path / "stdlib-7m-int4-g128"
+    quantize_checkpoint(models.path(), q, bits=4, group_size=128)
+    model = Model.from_pretrained(q, dtype=torch.float32)
+    assert model.weight_format == "int4-g128"
+    tok = Tokenizer.from_pretrained(q)
+    prompts = [tok.encode("import os\n\n\ndef read_lines(path):\n", add_bos=True),
+               tok.encode("class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self",
+                          add_bos=True)]
+    n, L = 32, 16
+    ar = generate(model, prompts, mode="ar", max_new_tokens=n + L - 1).results
+    ar_forwards = len(stack_rows)
+    spec = generate(model, prompts, mode="linear-spec", max_new_tokens=n, block_length=L).results
+    assert ar_forwards > n and len(stack_rows) > ar_forwards
+    assert min(stack_rows) > 0, stack_rows   # every forward of both ran the C++ stack
+    assert 2 * L in stack_rows[ar_forwards:]   # draft-and-verify forwards of L rows per sequence
+    for a, s in zip(ar, spec):
+        assert len(s.tokens) >= min(n, len(a.tokens)) and s.tokens == a.tokens[:len(s.tokens)]
+    assert sum(len(s.tokens) for s in spec) > sum(s.nfe for s in spec)   # drafts are accepted

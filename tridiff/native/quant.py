@@ -1,0 +1,88 @@
+"""quant_linear and mixed_linear of the "cpp" backend: one projection of fp32 activations
+against int4 (GPTQ) or bf16 weights (csrc/cpu/decoder_qgemm.inc, the panels the C++ layer
+stack runs), and the weight descriptors both it and the stack (native/decoder.py) pass.
+
+The int4 panels read each output feature's codes as one contiguous run: the GPTQ qweight
+[K/8, N] held transposed in memory (qweight.t() contiguous, the layout
+tridiff.quant.packed gives CPU-resident packed weights once at load). A qweight in the
+checkpoint's own layout is transposed for the call (a copy of the codes, never of fp32).
+"""
+from __future__ import annotations
+
+import torch
+
+from tridiff.native.base import NativeBase
+
+PROJ_FULL, PROJ_BF16, PROJ_INT4 = 0, 1, 2   # csrc/cpu/decoder.h ProjFormat
+GROUP_MULTIPLE = 64                         # the int4 panels' K block
+
+
+def int4_reason(x_dtype, qweight, scales, qzeros, bits, group_size, K):
+    """None, or why the int4 panels cannot take this weight (formats and layout only;
+    shapes are the public op's checks)."""
+    if x_dtype != torch.float32:
+        return f"the C++ int4 panels take float32 activations, got {x_dtype}"
+    if bits != 4:
+        return f"the C++ quantized panels take 4-bit codes, got bits={bits}"
+    if group_size % GROUP_MULTIPLE or K % group_size:
+        return f"the C++ int4 panels take group sizes that are multiples of {GROUP_MULTIPLE}, got {group_size}"
+    if scales.dtype != torch.float16:
+        return f"the C++ int4 panels take float16 scales, got {scales.dtype}"
+    if not scales.is_contiguous() or not qzeros.is_contiguous():
+        return "scales and qzeros must be contiguous"
+    if not (qweight.t().is_contiguous() or qweight.is_contiguous()):
+        return "qweight must be contiguous, or transposed-contiguous (the CPU layout)"
+    return None
+
+
+def int4_meta(qweight, scales, qzeros, group_size):
+    """(codes [N, K/8] contiguous, the 4 meta integers of csrc/cpu/module.cpp proj_weight)."""
+    codes = qweight.t()
+    if not codes.is_contiguous():
+        codes = codes.contiguous()
+    return codes, [PROJ_INT4, scales.data_ptr(), qzeros.data_ptr(), int(group_size)]
+
+
+class QuantOps(NativeBase):
+    def supports_quant_linear(self, x, qweight, scales, qzeros, bits, group_size):
+        if self.device_type != "cpu":
+            return "quant_linear of this backend is a CPU kernel (csrc/cpu/decoder_qgemm.inc)"
+        reason = self.device_reason(x, qweight, scales, qzeros)
+        if reason:
+            return reason
+        return int4_reason(x.dtype, qweight, scales, qzeros, bits, group_size, x.shape[-1])
+
+    def quant_linear(self, x, qweight, scales, qzeros, bits, group_size):
+        M, K = x.shape
+        N = qweight.shape[1]
+        x = x.contiguous()
+        out = torch.empty((M, N), dtype=x.dtype)
+        if M:
+            codes, meta = int4_meta(qweight, scales, qzeros, group_size)
+            self.lib().proj_linear(codes.data_ptr(), meta, x.data_ptr(), M, K, N, out.data_ptr(),
+                                   torch.get_num_threads())
+        return out
+
+    def supports_mixed_linear(self, x, weight):
+        if self.device_type != "cpu":
+            return "mixed_linear of this backend is a CPU kernel (csrc/cpu/decoder_qgemm.inc)"
+        reason = self.device_reason(x, weight)
+        if reason:
+            return reason
+        if x.dtype != torch.float32 or weight.dtype != torch.bfloat16:
+            return f"the C++ bf16 panels take float32 x and bfloat16 weights, got {x.dtype} and {weight.dtype}"
+        if not weight.is_contiguous():
+            return "weight must be contiguous"
+        return None
+
+    def mixed_linear(self, x, weight):
+        M, K = x.shape
+        N = weight.shape[0]
+        x = x.contiguous()
+        out = torch.empty((M, N), dtype=x.dtype)
+        if M and N and K:
+            self.lib().proj_linear(weight.data_ptr(), [PROJ_BF16, 0, 0, 0], x.data_ptr(), M, K, N, out.data_ptr(),
+                                   torch.get_num_threads())
+        elif M and N:
+            out.zero_()
+        return out
