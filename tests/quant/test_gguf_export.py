@@ -207,3 +207,6 @@ def test_cli_exports_a_checkpoint_and_refuses_a_gptq_one(tmp_path, capsys):
     capsys.readouterr()
     assert main(["export-gguf", str(tmp_path / "q"), str(tmp_path / "q.gguf")]) == 2
     assert "is GPTQ-quantized (int4-g64); export-gguf reads full-precision" in capsys.readouterr().err
+    assert main(["export-gguf", str(src), str(tmp_path)]) == 2
+    assert f"OUT: expected a file path, got the directory {tmp_path}" in capsys.readouterr().err
+    assert not (tmp_path / "q.gguf").exists()
