@@ -37,7 +37,7 @@ Rows (bench/results/llamacpp.jsonl, op "ar_decode", one per contender):
   ratio             within a weight width group (4bit, 16bit, 32bit): llama.cpp's best
                     ms / this ms (> 1: tridiff faster)
   extra.llama_cpp   llama-cpp-python version, build flags (LLAMA_BUILD_FLAGS, as installed
-                    per bench/NOTES.md) and llama_print_system_info()
+                    per bench/NOTES.md), llama_print_system_info() and the gguf package version
 """
 from __future__ import annotations
 
@@ -204,10 +204,12 @@ def gguf_bytes(config, fmt: str) -> int:
 
 
 def llama_cpp_info() -> dict:
+    from importlib.metadata import version
+
     import llama_cpp
 
     info = llama_cpp.llama_print_system_info()
-    return {"version": llama_cpp.__version__, "build_flags": LLAMA_BUILD_FLAGS,
+    return {"version": llama_cpp.__version__, "build_flags": LLAMA_BUILD_FLAGS, "gguf": version("gguf"),
             "system_info": info.decode() if isinstance(info, bytes) else str(info)}
 
 

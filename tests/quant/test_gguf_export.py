@@ -210,3 +210,18 @@ def test_cli_exports_a_checkpoint_and_refuses_a_gptq_one(tmp_path, capsys):
     assert main(["export-gguf", str(src), str(tmp_path)]) == 2
     assert f"OUT: expected a file path, got the directory {tmp_path}" in capsys.readouterr().err
     assert not (tmp_path / "q.gguf").exists()
+
+
+def test_3b_preset_rope_is_written_and_its_query_scale_is_one_below_the_context_length():
+    """The 3B preset as released (YaRN factor 16 over 16384, attention factor 1): written as
+    is, no plain-rope substitute; the llama-4 query scale the llama architecture lacks is
+    exactly 1 at every position below the file's context_length and not at it."""
+    from tridiff.rotary import llama4_query_scale
+
+    cfg = preset("3b")
+    rope = gx.rope_metadata(cfg)
+    assert rope["factor"] == 16.0 and rope["original_context_length"] == 16384 == rope["context_length"]
+    assert rope["attn_factor"] * gx.yarn_mscale(16.0) == pytest.approx(cfg.attention_factor) == 1.0
+    pos = torch.arange(rope["context_length"] + 1)[None, :]
+    scale = llama4_query_scale(pos, cfg.llama_4_scaling_beta, cfg.original_max_position_embeddings, torch.float32)
+    assert torch.all(scale[0, :-1] == 1.0) and scale[0, -1].item() > 1.0
