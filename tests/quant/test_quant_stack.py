@@ -11,7 +11,7 @@ import torch
 import tridiff.cpp
 from tests.cpp.support import REASON
 from tests.ops.test_decoder import make_case, run
-from tridiff import layer_stack, models, ops
+from tridiff import _dispatch, layer_stack, models, ops
 from tridiff.checkpoint import write_random_checkpoint
 from tridiff.generate import generate
 from tridiff.model import Model
@@ -168,7 +168,10 @@ def _forward(model, tokens, backend):
 
 
 @pytest.mark.parametrize("fmt", ["int4-g64", "bf16"])
-def test_quantized_tiny_model_stack_equals_the_op_by_op_reference(tiny_dirs, stack_rows, fmt):
+def test_quantized_tiny_model_stack_equals_the_op_by_op_reference(tiny_dirs, stack_rows, fmt, monkeypatch):
+    """The reference forwards run with TRIDIFF_BACKEND=torch: every op, the projections'
+    quant_linear / mixed_linear included, is the torch reference (backend="torch" alone
+    names the forward's attention and stack backend, not the projections')."""
     full, q = tiny_dirs
     load = (lambda dtype: Model.from_pretrained(q, dtype=dtype)) if fmt != "bf16" else \
         (lambda dtype: from_pretrained(full, weights="bf16", dtype=dtype))
@@ -177,9 +180,10 @@ def test_quantized_tiny_model_stack_equals_the_op_by_op_reference(tiny_dirs, sta
     tokens = torch.randint(0, model.config.vocab_size, (2, 22), generator=torch.Generator().manual_seed(0))
     got, got_k = _forward(model, tokens, "auto")
     assert stack_rows == [10, 34], stack_rows          # both forwards (5 and 17 rows per sequence) on the stack
-    own, own_k = _forward(model, tokens, "torch")      # op by op, the reference ops, fp32
+    monkeypatch.setenv(_dispatch.ENV, "torch")
+    own, own_k = _forward(model, tokens, "auto")       # op by op, the reference ops, fp32
     assert stack_rows == [10, 34, -10, -34]
-    want, want_k = _forward(load(torch.float64), tokens, "torch")
+    want, want_k = _forward(load(torch.float64), tokens, "auto")
     for name, w, o, g in (("logits", want, own, got), ("k_cache", want_k, own_k, got_k)):
         scale = w.abs().max().item()
         limit = 2 * (o.double() - w).abs().max().item() + EPS * scale
