@@ -160,6 +160,13 @@ def tiny_dirs(tmp_path_factory):
     return full, q
 
 
+@pytest.fixture(scope="module")
+def bundled_q4(tmp_path_factory):
+    q = tmp_path_factory.mktemp("bundled") / "stdlib-7m-int4-g128"
+    quantize_checkpoint(models.path(), q, bits=4, group_size=128)
+    return q
+
+
 def _forward(model, tokens, backend):
     cache = model.new_cache(tokens.shape[0], 48)
     prefix = model(tokens[:, :5], cache, kv="commit", adapter=True, backend=backend)
@@ -167,12 +174,13 @@ def _forward(model, tokens, backend):
     return torch.cat([prefix, rest], dim=1), cache.k.clone()
 
 
-@pytest.mark.parametrize("fmt", ["int4-g64", "bf16"])
-def test_quantized_tiny_model_stack_equals_the_op_by_op_reference(tiny_dirs, stack_rows, fmt, monkeypatch):
+@pytest.mark.parametrize("name,fmt", [("tiny", "int4-g64"), ("tiny", "bf16"), ("bundled", "int4-g128")])
+def test_quantized_model_stack_equals_the_op_by_op_reference(tiny_dirs, bundled_q4, stack_rows, name, fmt,
+                                                              monkeypatch):
     """The reference forwards run with TRIDIFF_BACKEND=torch: every op, the projections'
     quant_linear / mixed_linear included, is the torch reference (backend="torch" alone
     names the forward's attention and stack backend, not the projections')."""
-    full, q = tiny_dirs
+    full, q = tiny_dirs if name == "tiny" else (None, bundled_q4)
     load = (lambda dtype: Model.from_pretrained(q, dtype=dtype)) if fmt != "bf16" else \
         (lambda dtype: from_pretrained(full, weights="bf16", dtype=dtype))
     model = load(torch.float32)
@@ -209,9 +217,8 @@ def test_packed_codes_are_held_once_in_the_cpu_layout(tiny_dirs, stack_rows):
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_self_speculation_equals_ar_on_the_quantized_bundled_model_through_the_stack(tmp_path, stack_rows):
-    q = tmp_path / "stdlib-7m-int4-g128"
-    quantize_checkpoint(models.path(), q, bits=4, group_size=128)
+def test_self_speculation_equals_ar_on_the_quantized_bundled_model_through_the_stack(bundled_q4, stack_rows):
+    q = bundled_q4
     model = Model.from_pretrained(q, dtype=torch.float32)
     assert model.weight_format == "int4-g128"
     tok = Tokenizer.from_pretrained(q)
