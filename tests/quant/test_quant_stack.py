@@ -215,6 +215,8 @@ def test_packed_codes_are_held_once_in_the_cpu_layout(tiny_dirs, stack_rows):
     assert layer.self_attn.o_proj.qweight.t().is_contiguous() and layer.mlp.down_proj.qweight.t().is_contiguous()
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    # moved off the CPU, the codes go back to the GPTQ layout the other devices' kernels read
+    assert layer.self_attn.o_proj.to("meta").qweight.is_contiguous()
 
 
 def test_self_speculation_equals_ar_on_the_quantized_bundled_model_through_the_stack(bundled_q4, stack_rows):

@@ -87,6 +87,13 @@ class PackedLinear(nn.Module):
         """The true (v2) zero-point words (tridiff.ops.quant_linear's qzeros)."""
         return self.zeros_v2()
 
+    def _apply(self, fn, recurse=True):
+        # a move off the CPU keeps strides: give other devices' kernels the GPTQ layout back
+        out = super()._apply(fn, recurse)
+        if self.qweight.device.type != "cpu" and not self.qweight.is_contiguous():
+            self.qweight = self.qweight.contiguous()
+        return out
+
     def cpu_layout_(self) -> "PackedLinear":
         """On CPU: hold qweight transposed in memory (module docstring), once."""
         if self.qweight.device.type == "cpu":
