@@ -37,7 +37,8 @@ void bind_decoder(py::module_& m) {
   m.def("decoder_last_team_size", []() { return decoder_last_team_size(); });
   m.def("decoder_layers", [](int dtype, uintptr_t x, uintptr_t qkv, uintptr_t attn, uintptr_t cos, uintptr_t sin,
                              uintptr_t q_scale, const std::vector<uintptr_t>& weights,
-                             const std::vector<int64_t>& lora_ranks, const std::vector<int64_t>& proj_meta, int64_t H, int64_t I, double eps,
+                             const std::vector<int64_t>& lora_ranks, const std::vector<int64_t>& proj_meta,
+                             int64_t H, int64_t I, double eps,
                              double lora_scale, int threads, uintptr_t k_cache, uintptr_t v_cache,
                              int64_t layer_bytes, uintptr_t cache_lens, uintptr_t modes, uintptr_t mode_args,
                              uintptr_t q_lens, uintptr_t block_table, int64_t outer, int64_t token, int64_t tokens,

@@ -118,8 +118,9 @@ def test_refused_weights_leave_the_output_untouched():
     codes = qweight.t().contiguous()
     x = torch.randn(2, K)
     good = [2, scales.data_ptr(), zeros.data_ptr(), 64]
-    for meta, n in (([2, scales.data_ptr(), zeros.data_ptr(), 96], N), ([2, scales.data_ptr(), zeros.data_ptr(), 512], N),
-                    (good, 12), ([2, 0, zeros.data_ptr(), 64], N), ([7, 0, 0, 0], N)):
+    bad = [([2, scales.data_ptr(), zeros.data_ptr(), 96], N), ([2, scales.data_ptr(), zeros.data_ptr(), 512], N),
+           (good, 12), ([2, 0, zeros.data_ptr(), 64], N), ([7, 0, 0, 0], N)]
+    for meta, n in bad:
         out = torch.full((2, N), float("nan"))
         with pytest.raises(RuntimeError, match="proj_linear"):
             lib.proj_linear(codes.data_ptr(), meta, x.data_ptr(), 2, K, n, out.data_ptr(), 1)
@@ -173,6 +174,7 @@ def test_baseline_build_matches_the_reference():
                          env=env, capture_output=True, text=True, timeout=600, cwd=root)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert " passed" in out.stdout and "failed" not in out.stdout
-    check = subprocess.run([sys.executable, "-c", "from tridiff import _ext; print(_ext.load('cpp').decoder_gemm_build())"],
-                           env=env, capture_output=True, text=True, timeout=120, cwd=root)
+    probe = "from tridiff import _ext; print(_ext.load('cpp').decoder_gemm_build())"
+    check = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120,
+                           cwd=root)
     assert check.stdout.strip() == "baseline"

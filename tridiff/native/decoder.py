@@ -113,7 +113,8 @@ class DecoderOps(AttentionOps):
                              x.dtype, x.device)
         self.lib().decoder_layers(
             _ext.dtype_code(x.dtype), x.data_ptr(), qkv.data_ptr(), attn.data_ptr(), cos.data_ptr(), sin.data_ptr(),
-            q_scale.data_ptr(), pointers, ranks, proj_meta, H, I, float(eps), float(lora_scale), torch.get_num_threads(),
+            q_scale.data_ptr(), pointers, ranks, proj_meta, H, I, float(eps), float(lora_scale),
+            torch.get_num_threads(),
             k_cache.data_ptr(), v_cache.data_ptr(), k_cache.stride(0) * k_cache.element_size(),
             m.cache_lens.data_ptr(), m.modes.data_ptr(), m.mode_args.data_ptr(), m.q_lens.data_ptr(), *m.layout,
             B, T, Hq, Hkv, D, float(softmax_scale) * math.log2(math.e), bool(write_kv), m.num_splits, ptr(m.ws_o),
