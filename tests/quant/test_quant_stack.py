@@ -237,3 +237,18 @@ def test_self_speculation_equals_ar_on_the_quantized_bundled_model_through_the_s
     for a, s in zip(ar, spec):
         assert len(s.tokens) >= min(n, len(a.tokens)) and s.tokens == a.tokens[:len(s.tokens)]
     assert sum(len(s.tokens) for s in spec) > sum(s.nfe for s in spec)   # drafts are accepted
+
+
+def test_baseline_build_stack_matches_the_reference():
+    """The stack tests above under TRIDIFF_CPU_GEMM=base, in a fresh process (the build is
+    chosen once per process)."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, TRIDIFF_CPU_GEMM="base")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", __file__,
+                          "-k", "test_stack_matches_the_reference or tiny"],
+                         env=env, capture_output=True, text=True, timeout=600, cwd=root)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert " passed" in out.stdout and "failed" not in out.stdout
