@@ -81,6 +81,30 @@ def in_chunks(model, prompts, size, **kw):
     return rows
 
 
+def real_prefix_acceptance(model, prefixes, per_prefix: dict | None = None) -> dict:
+    """One linear self-speculation iteration (draft + verify) from each prefix at block
+    16 and 32, adapter on and off (the same where the model has none), and quadratic
+    self-speculation over a 16-token continuation of each, full and pruned to k = 4
+    anchors: mean accepted per verify and tokens per forward. per_prefix, if given,
+    receives each linear figure's per-prefix accepted lengths (for paired comparisons)."""
+    real = {}
+    for adapter, tag in ((True, ""), (False, "_no_adapter")):
+        for L in (16, 32):  # prefill gives the seed (token 1); max_new_tokens 2 -> exactly one iteration
+            res = in_chunks(model, prefixes, 32, mode="linear-spec", max_new_tokens=2, block_length=L, eos_id=-1,
+                            adapter=adapter)
+            assert all(r.iterations == 1 for r in res)
+            real[f"linear_L{L}_accepted{tag}"] = sum(r.mean_accepted for r in res) / len(res)
+            if per_prefix is not None:
+                per_prefix[f"linear_L{L}_accepted{tag}"] = [r.mean_accepted for r in res]
+    for anchors, tag in ((None, ""), (PRUNED_ANCHORS, f"_k{PRUNED_ANCHORS}")):
+        res = in_chunks(model, prefixes, 16, mode="quadratic-spec", max_new_tokens=BLOCK, block_length=BLOCK,
+                        eos_id=-1, anchors=anchors)
+        real[f"quadratic_L16_accepted{tag}"] = (sum(r.mean_accepted * r.iterations for r in res)
+                                                / sum(r.iterations for r in res))
+        real[f"quadratic_L16_tokens_per_forward{tag}"] = sum(len(r.tokens) for r in res) / sum(r.nfe for r in res)
+    return real
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="checkpoint directory (default: the bundled model)")
@@ -143,19 +167,7 @@ def main(argv=None) -> int:
 
     # ---- acceptance from real prefixes -------------------------------------------------------
     prefixes = heldout.real_prefixes(tok, args.prefixes)
-    real = {}
-    for adapter, tag in ((True, ""), (False, "_no_adapter")):
-        for L in (16, 32):  # prefill gives the seed (token 1); max_new_tokens 2 -> exactly one iteration
-            res = in_chunks(model, prefixes, 32, mode="linear-spec", max_new_tokens=2, block_length=L, eos_id=-1,
-                            adapter=adapter)
-            assert all(r.iterations == 1 for r in res)
-            real[f"linear_L{L}_accepted{tag}"] = sum(r.mean_accepted for r in res) / len(res)
-    for anchors, tag in ((None, ""), (PRUNED_ANCHORS, f"_k{PRUNED_ANCHORS}")):
-        res = in_chunks(model, prefixes, 16, mode="quadratic-spec", max_new_tokens=BLOCK, block_length=BLOCK,
-                        eos_id=-1, anchors=anchors)
-        real[f"quadratic_L16_accepted{tag}"] = (sum(r.mean_accepted * r.iterations for r in res)
-                                                / sum(r.iterations for r in res))
-        real[f"quadratic_L16_tokens_per_forward{tag}"] = sum(len(r.tokens) for r in res) / sum(r.nfe for r in res)
+    real = real_prefix_acceptance(model, prefixes)
 
     # ---- losses ------------------------------------------------------------------------------
     def summary(path):
