@@ -79,6 +79,11 @@ int proj_linear_cpu(const ProjWeight& w, const float* x, int64_t rows, int64_t K
 // CPUs, or TRIDIFF_CPU_GEMM=base).
 const char* decoder_gemm_build();
 
+// Which build of the bf16 / int4 panels runs: "avx512" (avx512f + avx512bw, unless
+// TRIDIFF_CPU_GEMM=avx2 or =base), else decoder_gemm_build()'s. The AVX-512 int4 panels take
+// K % 128 == 0; other K run the AVX2 copy.
+const char* decoder_qgemm_build();
+
 // The largest OpenMP team a GEMM of the last stack call ran on (0: no GEMM ran; 1 where
 // OpenMP is off). Tests read it to check that torch.set_num_threads reaches the stack.
 int decoder_last_team_size();

@@ -16,6 +16,9 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h>
+#endif
 
 // The baseline build passes 32-byte vectors between its always-inline helpers, which GCC
 // notes as an ABI change without AVX: no such value crosses a function boundary that
@@ -46,6 +49,15 @@ namespace base {
 #undef TD_PANEL_TARGET
 #undef TD_PANEL_FMA
 }  // namespace base
+// The bf16 / int4 panels once more for AVX-512 (decoder_qgemm512.inc); fp32/fp64 stay AVX2.
+namespace avx512 {
+#ifdef TD_HAVE_AVX2_PANELS
+#define TD_PANEL_TARGET __attribute__((target("avx512f,avx512bw,avx2,fma,f16c")))
+#include "decoder_qgemm512.inc"
+#undef TD_PANEL_TARGET
+#define TD_HAVE_AVX512_PANELS 1
+#endif
+}  // namespace avx512
 
 // Asked once, on first use (not at load: __builtin_cpu_init must have run first).
 // TRIDIFF_CPU_GEMM=base forces the baseline build (how its tests reach it on AVX2 CPUs).
@@ -61,6 +73,21 @@ bool choose_avx2() {
 }
 inline bool have_avx2() {
   static const bool yes = choose_avx2();
+  return yes;
+}
+// The bf16 / int4 panels' build: AVX-512 where the CPU has avx512f and avx512bw (and the
+// AVX2 build is taken) unless TRIDIFF_CPU_GEMM=avx2 or =base forces a narrower one.
+bool choose_avx512() {
+#ifdef TD_HAVE_AVX512_PANELS
+  const char* forced = std::getenv("TRIDIFF_CPU_GEMM");
+  if (!have_avx2() || (forced != nullptr && std::strcmp(forced, "avx2") == 0)) return false;
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+#else
+  return false;
+#endif
+}
+inline bool have_avx512() {
+  static const bool yes = choose_avx512();
   return yes;
 }
 
@@ -133,15 +160,26 @@ void linear(const T* in, int64_t rows, int64_t K, const T* W, int64_t N, T* out,
   for_chunks(rows, K, N, threads, [&](int64_t n0, int64_t n) { run_panel(in, rows, K, W + n0 * K, n, out + n0, N); });
 }
 
-// The activations in the order the bf16 / int4 panels unpack weights (decoder_qgemm.inc):
-// xp [rows, K].
-void prep_bf16(const float* x, int64_t rows, int64_t K, float* xp) {
+// The activations in the order the bf16 / int4 panels unpack weights (decoder_qgemm.inc,
+// decoder_qgemm512.inc): xp [rows, K]. bf16: per `width` (16, or 32 for AVX-512) elements,
+// the even ones then the odd ones.
+void prep_bf16(const float* x, int64_t rows, int64_t K, float* xp, int width) {
+  const int half = width / 2;
   for (int64_t r = 0; r < rows; ++r)
-    for (int64_t k = 0; k + 16 <= K; k += 16)
-      for (int l = 0; l < 8; ++l) {
+    for (int64_t k = 0; k + width <= K; k += width)
+      for (int l = 0; l < half; ++l) {
         xp[r * K + k + l] = x[r * K + k + 2 * l];
-        xp[r * K + k + 8 + l] = x[r * K + k + 2 * l + 1];
+        xp[r * K + k + half + l] = x[r * K + k + 2 * l + 1];
       }
+}
+// AVX-512 int4: xp[128 b + 16 j + l] = x[128 b + 8 l + j] (K % 128 == 0; no power-of-two factor).
+void prep_int4_512(const float* x, int64_t rows, int64_t K, float* xp) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * K;
+    for (int64_t b = 0; b < K / 128; ++b)
+      for (int j = 0; j < 8; ++j)
+        for (int l = 0; l < 16; ++l) xp[r * K + 128 * b + 16 * j + l] = xr[128 * b + 8 * l + j];
+  }
 }
 void prep_int4(const float* x, int64_t rows, int64_t K, float* xp) {
   static const float unscale[4] = {1.f, 1.f / 16, 1.f / 256, 1.f / 4096};   // powers of two: exact
@@ -168,13 +206,30 @@ void project(const T* in, int64_t rows, int64_t K, const ProjWeight& w, int64_t 
     if (sc.xp.size() < (size_t)(rows * K)) sc.xp.resize(rows * K);
     float* xp = sc.xp.data();
     if (w.format == kProjBf16) {
-      prep_bf16(in, rows, K, xp);
       const uint16_t* W = static_cast<const uint16_t*>(w.w);
+#ifdef TD_HAVE_AVX512_PANELS
+      if (have_avx512()) {
+        prep_bf16(in, rows, K, xp, 32);
+        return for_chunks(rows, K, N, threads, [&](int64_t n0, int64_t n) {
+          avx512::panel_bf16_512(xp, in, rows, K, W + n0 * K, n, out + n0, N);
+        });
+      }
+#endif
+      prep_bf16(in, rows, K, xp, 16);
       for_chunks(rows, K, N, threads,
                  [&](int64_t n0, int64_t n) { run_panel_bf16(xp, in, rows, K, W + n0 * K, n, out + n0, N); });
     } else {
-      prep_int4(in, rows, K, xp);
       const int32_t* codes = static_cast<const int32_t*>(w.w);
+#ifdef TD_HAVE_AVX512_PANELS
+      if (have_avx512() && K % 128 == 0) {   // else the AVX2 copy (its blocks are 64)
+        prep_int4_512(in, rows, K, xp);
+        return for_chunks(rows, K, N, threads, [&](int64_t n0, int64_t n) {
+          avx512::panel_int4_512(xp, rows, K, w.group_size, codes + n0 * (K / 8), w.scales, w.zeros, N, n0, n,
+                                 out + n0, N);
+        });
+      }
+#endif
+      prep_int4(in, rows, K, xp);
       for_chunks(rows, K, N, threads, [&](int64_t n0, int64_t n) {
         run_panel_int4(xp, rows, K, w.group_size, codes + n0 * (K / 8), w.scales, w.zeros, N, n0, n, out + n0, N);
       });
@@ -279,6 +334,8 @@ int decoder_layers(const DecoderArgs& a, int dtype) {
 }  // namespace
 
 const char* decoder_gemm_build() { return have_avx2() ? "avx2+fma" : "baseline"; }
+
+const char* decoder_qgemm_build() { return have_avx512() ? "avx512" : decoder_gemm_build(); }
 
 int decoder_last_team_size() { return last_team_size.load(std::memory_order_relaxed); }
 

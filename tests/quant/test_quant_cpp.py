@@ -1,13 +1,16 @@
 """The C++ bf16 and int4 panels (csrc/cpu/decoder_qgemm.inc) as the cpp backend's
 quant_linear and mixed_linear: every format x symmetric/asymmetric x group 64/128 x rows
-{1, 2, 5, 17, 33} x N that no tile divides, against the plain-PyTorch reference
+{1, 2, 5, 17, 20, 33} x N that no tile divides, against the plain-PyTorch reference
 (dequantize, then one matmul in fp64) with a dtype-aware bound; a row's result does not
-depend on the rows sharing its call; refused inputs leave the output untouched; the
-baseline build (TRIDIFF_CPU_GEMM=base) runs the same tests in a fresh process.
+depend on the rows sharing its call; refused inputs leave the output untouched. Every
+build of the panels runs them: the one this CPU picks (AVX-512 where it has avx512f and
+avx512bw; its int4 panels take K % 128 == 0, K = 192 runs the AVX2 copy) in this process,
+the AVX2 and baseline builds (TRIDIFF_CPU_GEMM=avx2 / base) in fresh processes.
 
 The GPTQ fixtures are tridiff.quant.gptq's (GPTQModel's packing and zero-point words
 as its source defines them; the package itself is not installed here)."""
 import os
+import platform
 import subprocess
 import sys
 
@@ -22,7 +25,7 @@ from tridiff.reference.quant import quant_linear as reference
 
 pytestmark = pytest.mark.skipif(REASON is not None, reason=str(REASON))
 
-ROWS = [1, 2, 5, 17, 33]
+ROWS = [1, 2, 5, 17, 20, 33]   # AVX-512 int4 row tiles 16 / 4 / 1: 17 = 16 + 1, 20 = 16 + 4
 EPS = torch.finfo(torch.float32).eps
 
 
@@ -43,7 +46,7 @@ def bound(x, w_t):
 
 @pytest.mark.parametrize("rows", ROWS)
 @pytest.mark.parametrize("N", [40, 8])          # 40: 2.5 chunks of 16 (the parallel split), 5 tiles of 8
-@pytest.mark.parametrize("group,K", [(128, 256), (64, 192), (64, 256)])
+@pytest.mark.parametrize("group,K", [(128, 256), (64, 192), (64, 256), (128, 384), (256, 512)])
 @pytest.mark.parametrize("sym", [True, False], ids=["sym", "asym"])
 @pytest.mark.parametrize("layout", ["cpu", "gptq"])
 def test_int4_panels_match_the_reference(sym, group, K, N, rows, layout):
@@ -91,15 +94,15 @@ def test_int4_zero_points_and_scales_matter():
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
 
 
-@pytest.mark.parametrize("fmt", ["int4", "bf16"])
-def test_a_row_does_not_depend_on_the_rows_sharing_its_call(fmt):
-    """Every output is summed in one order whichever tile computes it: the 4-row tiles of a
-    17-row call and the 1-row tile of a solo call give the same bits."""
+@pytest.mark.parametrize("fmt,group", [("int4", 64), ("int4", 128), ("bf16", 0)])
+def test_a_row_does_not_depend_on_the_rows_sharing_its_call(fmt, group):
+    """Every output is summed in one order whichever tile computes it: the 16-, 8- or 4-row
+    tiles of a 17-row call and the 1-row tile of a solo call give the same bits."""
     K, N = 256, 48
     x = torch.randn(17, K, generator=torch.Generator().manual_seed(11))
     if fmt == "int4":
-        qweight, scales, zeros = packed(N, K, 64, sym=False)
-        f = lambda a: ops.quant_linear(a, qweight, scales, zeros, bits=4, group_size=64, backend="cpp")  # noqa: E731
+        qweight, scales, zeros = packed(N, K, group, sym=False)
+        f = lambda a: ops.quant_linear(a, qweight, scales, zeros, bits=4, group_size=group, backend="cpp")  # noqa: E731
     else:
         w = torch.randn(N, K, generator=torch.Generator().manual_seed(12)).to(torch.bfloat16)
         f = lambda a: ops.mixed_linear(a, w, backend="cpp")  # noqa: E731
@@ -165,16 +168,48 @@ def test_unsupported_formats_fall_back_with_a_reason():
     assert "float32" in _dispatch.why_not("cpp", "mixed_linear", (x.double(), w16.bfloat16()), {})
 
 
-def test_baseline_build_matches_the_reference():
-    """TRIDIFF_CPU_GEMM=base in a fresh process (the build is chosen once per process)."""
-    env = dict(os.environ, TRIDIFF_CPU_GEMM="base")
+def cpu_flags():
+    """This CPU's flags (/proc/cpuinfo), or None where they cannot be read (not x86 Linux)."""
+    if platform.machine() not in ("x86_64", "AMD64") or not os.path.exists("/proc/cpuinfo"):
+        return None
+    with open("/proc/cpuinfo") as fh:
+        return set(next(line for line in fh if line.startswith("flags")).split(":", 1)[1].split())
+
+
+def expected_build(forced):
+    """The bf16/int4 panels' build decoder_qgemm_build() must name under TRIDIFF_CPU_GEMM=forced."""
+    flags = cpu_flags()
+    if forced == "base" or not {"avx2", "fma"} <= flags:
+        return "baseline"
+    if forced == "avx2" or not {"avx512f", "avx512bw"} <= flags:
+        return "avx2+fma"
+    return "avx512"
+
+
+def test_reports_the_quantized_panels_build():
+    """decoder_qgemm_build() names the build this process runs (the tests above ran it)."""
+    if cpu_flags() is None:
+        pytest.skip("reads the CPU's flags from /proc/cpuinfo on x86-64")
+    assert _ext.load("cpp").decoder_qgemm_build() == expected_build(os.environ.get("TRIDIFF_CPU_GEMM"))
+
+
+@pytest.mark.parametrize("forced", ["avx2", "base"])
+def test_narrower_builds_match_the_reference(forced):
+    """TRIDIFF_CPU_GEMM=avx2 / base in a fresh process (the build is chosen once per
+    process): the tests above again, on that build."""
+    flags = cpu_flags()
+    if flags is None:
+        pytest.skip("reads the CPU's flags from /proc/cpuinfo on x86-64")
+    if forced == "avx2" and not {"avx2", "fma"} <= flags:
+        pytest.skip("this CPU has no AVX2+FMA build to force")
+    env = dict(os.environ, TRIDIFF_CPU_GEMM=forced)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-                          "-k", "not baseline_build", "-x"],
+                          "-k", "not narrower_builds", "-x"],
                          env=env, capture_output=True, text=True, timeout=600, cwd=root)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert " passed" in out.stdout and "failed" not in out.stdout
-    probe = "from tridiff import _ext; print(_ext.load('cpp').decoder_gemm_build())"
+    probe = "from tridiff import _ext; print(_ext.load('cpp').decoder_qgemm_build())"
     check = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120,
                            cwd=root)
-    assert check.stdout.strip() == "baseline"
+    assert check.stdout.strip() == expected_build(forced)
