@@ -148,7 +148,7 @@ def run(quick: bool = False, out_dir=None, device=None, backends=None, budget_s=
                     model(tokens, cache, kv="write")
                     times[kind].append(1e3 * (time.perf_counter() - t0))
             nbytes = weight_bytes(cfg, fmt)
-            paths = {kind: forward_path(cfg, n) for kind, n in ROWS.items()}
+            paths = {kind: forward_path(cfg, n, narrow=fmt != "fp32") for kind, n in ROWS.items()}
             for kind, ts in times.items():
                 s = sorted(ts)
                 timing = Timing(statistics.median(s), s[len(s) // 5], s[(4 * len(s)) // 5], len(s),
@@ -164,7 +164,7 @@ def run(quick: bool = False, out_dir=None, device=None, backends=None, budget_s=
     return recs
 
 
-def forward_path(config, rows: int) -> str:
+def forward_path(config, rows: int, narrow: bool = False) -> str:
     """Which layers a CPU fp32 forward of `rows` rows runs (tridiff.layer_stack's rule, as
     tridiff.model applies it): "stack" (the one-call C++ stack, bf16/int4 panels inside)
     or "op-by-op" (each projection through ops.mixed_linear / quant_linear: the same C++
@@ -174,16 +174,20 @@ def forward_path(config, rows: int) -> str:
     c = config
     layer_weights = c.hidden_size * (2 * c.q_size + 2 * c.kv_size + 3 * c.intermediate_size)
     stack = _dispatch.backend_unavailable("cpp") is None and \
-        layer_stack.wanted(torch.device("cpu"), torch.float32, rows, layer_weights)
+        layer_stack.wanted(torch.device("cpu"), torch.float32, rows, layer_weights, narrow=narrow)
     return "stack" if stack else "op-by-op"
 
 
 def gemm_build() -> str:
-    """The C++ panels' build ("avx2+fma" / "baseline"), or why there is none."""
+    """The C++ panels' builds ("avx2+fma" / "baseline" for fp32, then the bf16/int4 panels'
+    "avx512" / "avx2+fma" / "baseline"), or why there is none."""
     from tridiff import _dispatch, _ext
 
     reason = _dispatch.backend_unavailable("cpp")
-    return _ext.load("cpp").decoder_gemm_build() if reason is None else f"none: {reason}"
+    if reason is not None:
+        return f"none: {reason}"
+    lib = _ext.load("cpp")
+    return f"{lib.decoder_gemm_build()}, quantized {lib.decoder_qgemm_build()}"
 
 
 def table(recs) -> str:

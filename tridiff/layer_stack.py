@@ -3,7 +3,8 @@ csrc/cpu/decoder_cpu.cpp) instead of op by op.
 
     TRIDIFF_CPU_LAYER_STACK=auto   (default) CPU fp32/fp64 forwards of at most MAX_ROWS token
                                    rows whose rows x weights per layer is at most
-                                   MAX_ROW_WEIGHTS
+                                   MAX_ROW_WEIGHTS (full-precision weights; bf16 and
+                                   packed weights: MAX_ROWS alone)
                            =1      every CPU fp32/fp64 forward the kernel can take
                            =0      never (the op-by-op layers)
 
@@ -18,9 +19,14 @@ the mid one (12 M). MAX_ROWS = 33 takes the 32-row diffusion forwards of block 3
 MAX_ROW_WEIGHTS; 33 rows sits at the measured ~32-row crossover, not yet timed there);
 MAX_ROW_WEIGHTS keeps the mid shape at <= 5 rows.
 
-Weight formats: bf16 and int4 models (tridiff.quant) take the same limits; their op-by-op
-layers multiply through the same C++ panels (ops.mixed_linear / quant_linear on the cpp
-backend), so beyond the limits they lose only the one-call saving.
+Weight formats: bf16 and int4 models (tridiff.quant) take MAX_ROWS only. MAX_ROW_WEIGHTS
+comes from the fp32 panels running slower than torch's BLAS, which the op-by-op layers use;
+a bf16/int4 model's op-by-op layers multiply through the same C++ panels as the stack
+(ops.mixed_linear / quant_linear on the cpp backend), so there the stack only saves the
+per-op host cost (and the per-call activation copies), at any size: the 3B preset's 1- and
+17-row forwards take it (3B: 100 M weights per layer, over MAX_ROW_WEIGHTS even at 1 row).
+Formats the stack cannot take (int8, fp16 weights) still run op by op (its plan refuses
+them).
 """
 from __future__ import annotations
 
@@ -36,9 +42,10 @@ MAX_ROW_WEIGHTS = 64_000_000
 _DTYPES = (torch.float32, torch.float64)
 
 
-def wanted(device: torch.device, dtype: torch.dtype, rows: int, layer_weights: int) -> bool:
+def wanted(device: torch.device, dtype: torch.dtype, rows: int, layer_weights: int, narrow: bool = False) -> bool:
     """Whether a forward of `rows` token rows through layers of `layer_weights` projection
-    weights each should try the one-call stack."""
+    weights each should try the one-call stack; narrow: the projections are bf16 or packed
+    (tridiff.quant; the model's weight_format is not "full")."""
     if device.type != "cpu" or dtype not in _DTYPES or torch.compiler.is_compiling():
         return False
     choice = os.environ.get(ENV, "auto")
@@ -46,7 +53,7 @@ def wanted(device: torch.device, dtype: torch.dtype, rows: int, layer_weights: i
         raise ValueError(f"{ENV}: expected auto, 0 or 1, got {choice!r}")
     if choice != "auto":
         return choice == "1"
-    return rows <= MAX_ROWS and rows * layer_weights <= MAX_ROW_WEIGHTS
+    return rows <= MAX_ROWS and (narrow or rows * layer_weights <= MAX_ROW_WEIGHTS)
 
 
 def stack_backend(backend: str):

@@ -239,13 +239,30 @@ def test_self_speculation_equals_ar_on_the_quantized_bundled_model_through_the_s
     assert sum(len(s.tokens) for s in spec) > sum(s.nfe for s in spec)   # drafts are accepted
 
 
-def test_baseline_build_stack_matches_the_reference():
-    """The stack tests above under TRIDIFF_CPU_GEMM=base, in a fresh process (the build is
-    chosen once per process)."""
+def test_narrow_models_take_the_stack_beyond_the_full_precision_limit(tiny_dirs, stack_rows, monkeypatch):
+    """TRIDIFF_CPU_LAYER_STACK=auto: rows x weights per layer (MAX_ROW_WEIGHTS, here 1) limits
+    full-precision models only; a packed model's forward of <= MAX_ROWS rows takes the stack
+    (its op-by-op layers run the same panels), the full model's runs op by op."""
+    full, q = tiny_dirs
+    monkeypatch.setenv(layer_stack.ENV, "auto")
+    monkeypatch.setattr(layer_stack, "MAX_ROW_WEIGHTS", 1)
+    tokens = torch.tensor([[1, 2, 3]])
+    for path, want in ((q, [3]), (full, [3, -3])):
+        model = Model.from_pretrained(path, dtype=torch.float32)
+        model(tokens, model.new_cache(1, 8))
+        assert stack_rows == want, (path, stack_rows)
+    cpu = torch.device("cpu")
+    assert not layer_stack.wanted(cpu, torch.float32, layer_stack.MAX_ROWS + 1, 1, narrow=True)
+
+
+@pytest.mark.parametrize("forced", ["avx2", "base"])
+def test_narrower_builds_stack_matches_the_reference(forced):
+    """The stack tests above under TRIDIFF_CPU_GEMM=avx2 / base, in a fresh process (the
+    build is chosen once per process; the default one here is AVX-512 where the CPU has it)."""
     import os
     import subprocess
     import sys
-    env = dict(os.environ, TRIDIFF_CPU_GEMM="base")
+    env = dict(os.environ, TRIDIFF_CPU_GEMM=forced)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", __file__,
                           "-k", "test_stack_matches_the_reference or tiny"],
