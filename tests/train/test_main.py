@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 
 from tridiff.train import __main__ as train_main
+from tridiff.train import loop
 from tridiff.train.loop import TrainSettings
 
 
@@ -29,7 +30,7 @@ def test_defaults_are_the_settings_defaults(settings):
 
 
 def test_bf16_can_be_switched_off_and_on(settings):
-    assert TrainSettings().bf16 is True
+    assert TrainSettings().bf16 is loop.fast_bf16()   # on by default only where bf16 is native
     assert settings("--no-bf16").bf16 is False
     assert settings("--bf16").bf16 is True
 
@@ -45,7 +46,8 @@ def test_bf16_takes_no_string_that_would_read_true(settings, value):
 def test_every_field_is_an_option_of_its_type(settings):
     values = {"steps": "7", "batch": "3", "seq_len": "17", "lr": "0.5", "min_lr_ratio": "0.25", "warmup": "2",
               "weight_decay": "0.0", "clip": "2.5", "eps": "0.01", "seed": "9", "eval_windows": "5",
-              "eval_every": "11", "checkpoint_minutes": "0.5", "vocab_size": "600"}
+              "eval_every": "11", "checkpoint_minutes": "0.5", "vocab_size": "600", "noise_power": "3.0",
+              "init": "some/dir"}
     fields = {f.name for f in dataclasses.fields(TrainSettings)} - {"diffusion_weight", "bf16"}
     assert set(values) == fields, "a new TrainSettings field: add it here"
     argv = [a for name, v in values.items() for a in ("--" + name.replace("_", "-"), v)]
@@ -75,3 +77,12 @@ def test_documented_flags_exist(capsys):
         train_main.main(["--help"])
     options = set(re.findall(r"--[a-z][a-z0-9-]*", capsys.readouterr().out))
     assert flags <= options, (flags - options, usage)
+
+
+def test_fast_bf16_follows_the_cpu_probes(monkeypatch):
+    import torch
+
+    for bf16, amx, want in ((False, False, False), (True, False, True), (False, True, True)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=bf16: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert loop.fast_bf16() is want

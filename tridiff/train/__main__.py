@@ -1,4 +1,5 @@
 """python -m tridiff.train --out DIR [--work DIR] [--resume] [--steps N] [--objective joint|ar]
+                         [--init CKPT_DIR] [--noise-power P] [--bf16 | --no-bf16]
    python -m tridiff.train --drafter-lora --base DIR --out DIR [...]   (tridiff.train.drafter_loop)"""
 from __future__ import annotations
 

@@ -29,6 +29,16 @@ LOG_FILE = "train_log.jsonl"
 SUMMARY_FILE = "training.json"
 
 
+def fast_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX): there autocast to bf16
+    about halves a step; without them (AVX2 or plain AVX-512) a bf16 matmul is emulated and
+    ~3.5x slower than fp32 (bench/NOTES.md, issue 24's second option)."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:   # a torch without the probes: fp32 is never the slow choice
+        return False
+
+
 @dataclass
 class TrainSettings:
     steps: int = 1900
@@ -44,7 +54,7 @@ class TrainSettings:
     noise_power: float = 1.0  # masking rates t = eps + (1 - eps) u^(1/p): p > 1 skews toward t = 1
     init: str = ""  # a checkpoint directory to continue from (its weights and tokenizer); "" = random init
     seed: int = 0
-    bf16: bool = True  # CPU autocast: about 2x faster matmuls on AVX512-BF16 cores
+    bf16: bool = fast_bf16()  # CPU autocast to bf16 where the CPU has native bf16 matmuls
     eval_windows: int = 64
     eval_every: int = 250
     checkpoint_minutes: float = 5.0
