@@ -173,7 +173,7 @@ def forward_path(config, rows: int, narrow: bool = False) -> str:
 
     c = config
     layer_weights = c.hidden_size * (2 * c.q_size + 2 * c.kv_size + 3 * c.intermediate_size)
-    stack = _dispatch.backend_unavailable("cpp") is None and \
+    stack = not _dispatch.backend_unavailable("cpp") and \
         layer_stack.wanted(torch.device("cpu"), torch.float32, rows, layer_weights, narrow=narrow)
     return "stack" if stack else "op-by-op"
 
@@ -184,7 +184,7 @@ def gemm_build() -> str:
     from tridiff import _dispatch, _ext
 
     reason = _dispatch.backend_unavailable("cpp")
-    if reason is not None:
+    if reason:   # "" when the backend is usable
         return f"none: {reason}"
     lib = _ext.load("cpp")
     return f"{lib.decoder_gemm_build()}, quantized {lib.decoder_qgemm_build()}"
