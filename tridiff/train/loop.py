@@ -234,15 +234,17 @@ def export(net: TrainNetwork, out_dir: str, tok_path: str, summary: dict) -> Non
 
 def init_from(net: TrainNetwork, ckpt_dir: str) -> None:
     """Continue from a checkpoint written by export: its weights (upcast to the network's
-    dtype) into net; its tokenizer was copied into work_dir before the data was encoded."""
-    from tridiff.checkpoint import SINGLE_FILE
-    from safetensors.torch import load_file
+    dtype) into net, read and shape-checked by tridiff.checkpoint as drafter_loop.load_base
+    reads a base; its tokenizer was copied into work_dir before the data was encoded."""
+    from tridiff import checkpoint as ckpt
 
-    state = load_file(os.path.join(ckpt_dir, SINGLE_FILE))
-    own = net.state_dict()
-    if set(state) != set(own) or any(state[k].shape != own[k].shape for k in own):
-        raise ValueError(f"--init: {ckpt_dir} is not a checkpoint of this network's shape")
-    net.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+    try:
+        found = ckpt.scan(ckpt.weight_files(ckpt_dir))
+        ckpt.check_tensors(found, ckpt.expected_shapes(net.config))
+    except ckpt.CheckpointError as exc:
+        raise ValueError(f"--init: {ckpt_dir} is not a checkpoint of this network's shape ({exc})") from None
+    params = dict(net.named_parameters())
+    ckpt.load_into(found, {name: params[name] for name in found})
 
 
 def copy_init_tokenizer(ckpt_dir: str, work_dir: str) -> None:
