@@ -5,11 +5,9 @@ no fp32 copy of any projection and computes the network of its bf16 values in fp
 import pytest
 import torch
 
-from tridiff import models
-from tridiff.checkpoint import write_random_checkpoint
+from tests.quant.support import code_prompts
 from tridiff.generate import generate
 from tridiff.model import Model
-from tridiff.quant.export import quantize_checkpoint
 from tridiff.quant.load import from_pretrained
 from tridiff.quant.packed import PackedLinear
 from tridiff.tokenizer import Tokenizer
@@ -22,15 +20,6 @@ def _spec_equals_ar(model, prompts, n, L, modes=("linear-spec", "quadratic-spec"
         for a, s in zip(ar, spec):
             assert len(s.tokens) >= n and s.tokens == a.tokens[:len(s.tokens)], mode
     return ar
-
-
-@pytest.fixture(scope="module")
-def tiny_q4(tmp_path_factory):
-    full = tmp_path_factory.mktemp("tiny-full")
-    write_random_checkpoint(full, "tiny", seed=1, with_adapter=True, dtype=torch.float32)
-    q = tmp_path_factory.mktemp("tiny-q4") / "q"
-    quantize_checkpoint(full, q, bits=4, group_size=64, sym=False)
-    return full, q
 
 
 def test_self_speculation_equals_ar_on_the_quantized_tiny_preset(tiny_q4):
@@ -68,15 +57,12 @@ def test_bf16_weights_are_held_once_in_bf16(tiny_q4):
         tokens, ref.new_cache(2, 16), kv="commit", adapter=True))   # the rounding to bf16 is visible
 
 
-def test_self_speculation_equals_ar_on_the_quantized_bundled_model(tmp_path):
-    q = tmp_path / "stdlib-7m-int4-g128"
-    quantize_checkpoint(models.path(), q, bits=4, group_size=128)
+def test_self_speculation_equals_ar_on_the_quantized_bundled_model(bundled_q4):
+    q = bundled_q4
     model = Model.from_pretrained(q, dtype=torch.float32)
     assert model.weight_format == "int4-g128"
     tok = Tokenizer.from_pretrained(q)
-    prompts = [tok.encode("import os\n\n\ndef read_lines(path):\n", add_bos=True),
-               tok.encode("class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self",
-                          add_bos=True)]
+    prompts = code_prompts(tok)
     n, L = 32, 16
     ar = generate(model, prompts, mode="ar", max_new_tokens=n + L - 1).results
     for mode in ("linear-spec", "quadratic-spec"):

@@ -10,13 +10,12 @@ import torch
 
 import tridiff.cpp
 from tests.cpp.support import REASON
+from tests.quant.support import code_prompts
 from tests.ops.test_decoder import make_case, run
-from tridiff import _dispatch, layer_stack, models, ops
-from tridiff.checkpoint import write_random_checkpoint
+from tridiff import _dispatch, layer_stack, ops
 from tridiff.generate import generate
 from tridiff.model import Model
 from tridiff.quant import gptq
-from tridiff.quant.export import quantize_checkpoint
 from tridiff.quant.load import from_pretrained
 from tridiff.quant.packed import FusedPacked, PackedLinear
 from tridiff.tokenizer import Tokenizer
@@ -151,22 +150,6 @@ def stack_rows(monkeypatch):
     return rows
 
 
-@pytest.fixture(scope="module")
-def tiny_dirs(tmp_path_factory):
-    full = tmp_path_factory.mktemp("tiny-full")
-    write_random_checkpoint(full, "tiny", seed=3, with_adapter=True, dtype=torch.float32)
-    q = tmp_path_factory.mktemp("tiny-q4") / "q"
-    quantize_checkpoint(full, q, bits=4, group_size=64, sym=False)
-    return full, q
-
-
-@pytest.fixture(scope="module")
-def bundled_q4(tmp_path_factory):
-    q = tmp_path_factory.mktemp("bundled") / "stdlib-7m-int4-g128"
-    quantize_checkpoint(models.path(), q, bits=4, group_size=128)
-    return q
-
-
 def _forward(model, tokens, backend):
     cache = model.new_cache(tokens.shape[0], 48)
     prefix = model(tokens[:, :5], cache, kv="commit", adapter=True, backend=backend)
@@ -175,12 +158,12 @@ def _forward(model, tokens, backend):
 
 
 @pytest.mark.parametrize("name,fmt", [("tiny", "int4-g64"), ("tiny", "bf16"), ("bundled", "int4-g128")])
-def test_quantized_model_stack_equals_the_op_by_op_reference(tiny_dirs, bundled_q4, stack_rows, name, fmt,
+def test_quantized_model_stack_equals_the_op_by_op_reference(tiny_q4, bundled_q4, stack_rows, name, fmt,
                                                               monkeypatch):
     """The reference forwards run with TRIDIFF_BACKEND=torch: every op, the projections'
     quant_linear / mixed_linear included, is the torch reference (backend="torch" alone
     names the forward's attention and stack backend, not the projections')."""
-    full, q = tiny_dirs if name == "tiny" else (None, bundled_q4)
+    full, q = tiny_q4 if name == "tiny" else (None, bundled_q4)
     load = (lambda dtype: Model.from_pretrained(q, dtype=dtype)) if fmt != "bf16" else \
         (lambda dtype: from_pretrained(full, weights="bf16", dtype=dtype))
     model = load(torch.float32)
@@ -199,11 +182,11 @@ def test_quantized_model_stack_equals_the_op_by_op_reference(tiny_dirs, bundled_
         assert err <= limit, f"{name}: max abs error {err} > {limit}"
 
 
-def test_packed_codes_are_held_once_in_the_cpu_layout(tiny_dirs, stack_rows):
+def test_packed_codes_are_held_once_in_the_cpu_layout(tiny_q4, stack_rows):
     """Loading lays the fused q/k/v and gate/up codes out transposed in memory (one tensor,
     the parts views of it) and the stack relayouts o/down in place: the state dict is still
     the GPTQ checkpoint, value for value."""
-    _, q = tiny_dirs
+    _, q = tiny_q4
     model = Model.from_pretrained(q, dtype=torch.float32)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model(torch.tensor([[1, 2, 3]]), model.new_cache(1, 8))
@@ -224,9 +207,7 @@ def test_self_speculation_equals_ar_on_the_quantized_bundled_model_through_the_s
     model = Model.from_pretrained(q, dtype=torch.float32)
     assert model.weight_format == "int4-g128"
     tok = Tokenizer.from_pretrained(q)
-    prompts = [tok.encode("import os\n\n\ndef read_lines(path):\n", add_bos=True),
-               tok.encode("class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self",
-                          add_bos=True)]
+    prompts = code_prompts(tok)
     n, L = 32, 16
     ar = generate(model, prompts, mode="ar", max_new_tokens=n + L - 1).results
     ar_forwards = len(stack_rows)
@@ -239,11 +220,11 @@ def test_self_speculation_equals_ar_on_the_quantized_bundled_model_through_the_s
     assert sum(len(s.tokens) for s in spec) > sum(s.nfe for s in spec)   # drafts are accepted
 
 
-def test_narrow_models_take_the_stack_beyond_the_full_precision_limit(tiny_dirs, stack_rows, monkeypatch):
+def test_narrow_models_take_the_stack_beyond_the_full_precision_limit(tiny_q4, stack_rows, monkeypatch):
     """TRIDIFF_CPU_LAYER_STACK=auto: rows x weights per layer (MAX_ROW_WEIGHTS, here 1) limits
     full-precision models only; a packed model's forward of <= MAX_ROWS rows takes the stack
     (its op-by-op layers run the same panels), the full model's runs op by op."""
-    full, q = tiny_dirs
+    full, q = tiny_q4
     monkeypatch.setenv(layer_stack.ENV, "auto")
     monkeypatch.setattr(layer_stack, "MAX_ROW_WEIGHTS", 1)
     tokens = torch.tensor([[1, 2, 3]])
