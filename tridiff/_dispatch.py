@@ -49,7 +49,7 @@ OPS = {
     "sample": "sample", "diffusion_confidence": "sample", "diffusion_unmask": "sample",
     "accept_linear": "accept", "accept_rejection": "accept", "accept_quadratic": "accept",
     "decoder_layers_": "decoder",
-    "quant_linear": "quant", "mixed_linear": "quant",
+    "quant_linear": "quant", "quant_linear_a8": "quant", "mixed_linear": "quant",
 }
 
 # Fastest first, per device type, refined per op. The CPU entries follow

@@ -70,6 +70,7 @@ class Model(nn.Module):
         self._tables = None     # per-position rotary / query-scale tables, see _position_tables
         self._checked_stacks = {}   # use_lora -> (weight storage key, ops.DecoderWeights), see _stack_weights
         self.weight_format = "full"   # or "bf16", "int4-g128", ...: set by tridiff.quant
+        self.activations = "float"    # or "int8" for packed weights (tridiff.quant.load.set_activations)
 
     # ---- construction ---------------------------------------------------------------------
 
@@ -129,7 +130,7 @@ class Model(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory, *, device="cpu", dtype: Optional[torch.dtype] = None,
-                        adapter: Union[str, bool, None, os.PathLike] = "auto") -> "Model":
+                        adapter: Union[str, bool, None, os.PathLike] = "auto", activations: str = "float") -> "Model":
         """Load config.json + *.safetensors (single or sharded) from `directory`.
 
         Tensor names and shapes are all checked from the file headers before any
@@ -137,12 +138,19 @@ class Model(nn.Module):
         `adapter` picks the drafter LoRA: "auto", True, False/None or a path).
         Weights are read through safetensors' memory map one tensor at a time straight
         into the preallocated parameters (converted to `dtype` on `device`).
+        activations: "float", or "int8" for a GPTQ checkpoint (its int4 projections round
+        their input to int8 per group: tridiff.quant.load.set_activations; refused for others).
         """
+        if activations not in ("float", "int8"):
+            raise ValueError(f"activations: expected 'float' or 'int8', got {activations!r}")
         found = ckpt.open_checkpoint(directory, adapter)
         if found.quant is not None:   # a GPTQ checkpoint: packed projections
-            from tridiff.quant.load import load_model
+            from tridiff.quant.load import load_model, set_activations
 
-            return load_model(cls, found, device=device, dtype=dtype)
+            return set_activations(load_model(cls, found, device=device, dtype=dtype), activations)
+        if activations != "float":
+            raise ValueError(f"activations: {activations!r} applies to int4 (GPTQ) checkpoints; {directory} holds "
+                             "full-precision weights")
         model = cls(found.config, device=device, dtype=dtype)
         params = dict(model.named_parameters())
         ckpt.load_into(found.weights, {name: params[name] for name in ckpt.expected_shapes(found.config)})

@@ -20,14 +20,17 @@ enum ProjFormat : int {
                    // transposed: word [n, w] holds k = 8 w + j in bits 4j..4j+3), scales fp16
                    // [G, N], zeros int32 [G, N/8] holding the TRUE zero points (GPTQ "v2"
                    // words), G = K / group_size; W[n, k] = scale (q - z) of group k / group_size
+  kProjInt4A8 = 3, // the same int4 weight with int8 activations (fp32 in and out): codes in
+                   // the GPTQ layout itself, int32 [K/8, N] row-major (qweight as stored);
+                   // each row's activations rounded to int8 per group (decoder_a8.inc)
 };
 
 struct ProjWeight {
-  const void* w = nullptr;        // [N, K] (full, bf16) or the int4 codes [N, K/8]
+  const void* w = nullptr;        // [N, K] (full, bf16), the int4 codes [N, K/8] or (int4a8) [K/8, N]
   int format = kProjFull;
-  const uint16_t* scales = nullptr;   // int4
-  const int32_t* zeros = nullptr;     // int4
-  int64_t group_size = 0;             // int4: a multiple of 64 dividing K
+  const uint16_t* scales = nullptr;   // int4, int4a8
+  const int32_t* zeros = nullptr;     // int4, int4a8
+  int64_t group_size = 0;             // int4: a multiple of 64 dividing K; int4a8: of 8
 };
 
 // One layer's weights; projections as ProjWeight (full ones row-major [out, in]).
@@ -65,7 +68,8 @@ struct DecoderArgs {
 int decoder_layers_cpu(const DecoderArgs& a, int dtype);
 
 // Whether w can be the weight of an [N, K] projection (format known; int4: scales, zeros
-// given, N % 8 == 0, group_size a multiple of 64 dividing K). K, N >= 1.
+// given, N % 8 == 0, group_size a multiple of 64 dividing K; int4a8: the same with
+// group_size a multiple of 8, at most 1024). K, N >= 1.
 bool proj_weight_ok(const ProjWeight& w, int64_t N, int64_t K);
 
 // out[rows, N] = x[rows, K] W^T for one bf16 or int4 projection, fp32 (the standalone
@@ -83,6 +87,10 @@ const char* decoder_gemm_build();
 // TRIDIFF_CPU_GEMM=avx2 or =base), else decoder_gemm_build()'s. The AVX-512 int4 panels take
 // K % 128 == 0; other K run the AVX2 copy.
 const char* decoder_qgemm_build();
+
+// Which build of the int4a8 panels runs: "avx512-vnni" (avx512f/bw/vl + avx512_vnni, unless
+// TRIDIFF_CPU_GEMM=avx2 or =base) or "scalar". Both give the same bits.
+const char* decoder_a8_build();
 
 // The largest OpenMP team a GEMM of the last stack call ran on (0: no GEMM ran; 1 where
 // OpenMP is off). Tests read it to check that torch.set_num_threads reaches the stack.

@@ -62,6 +62,11 @@ namespace avx512 {
 #define TD_HAVE_AVX512_PANELS 1
 #endif
 }  // namespace avx512
+// int4 weights x int8 activations (decoder_a8.inc): scalar, and AVX-512 VNNI.
+#ifdef TD_HAVE_AVX512_PANELS
+#define TD_VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
+#endif
+#include "decoder_a8.inc"
 
 // Asked once, on first use (not at load: __builtin_cpu_init must have run first).
 // TRIDIFF_CPU_GEMM=base forces the baseline build (how its tests reach it on AVX2 CPUs).
@@ -92,6 +97,19 @@ bool choose_avx512() {
 }
 inline bool have_avx512() {
   static const bool yes = choose_avx512();
+  return yes;
+}
+// The int4a8 panels' build: VNNI where the AVX-512 panels are taken and the CPU has
+// avx512vl and avx512_vnni; else the scalar panel (same bits).
+bool choose_vnni() {
+#ifdef TD_VNNI_TARGET
+  return have_avx512() && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+#else
+  return false;
+#endif
+}
+inline bool have_vnni() {
+  static const bool yes = choose_vnni();
   return yes;
 }
 
@@ -159,6 +177,28 @@ void for_chunks(int64_t rows, int64_t K, int64_t N, int threads, const Panel& pa
   }
 }
 
+// out[rows, N] for the int4a8 panels: output features split into one contiguous span per
+// thread (multiples of 64 features), each span walked group by group (decoder_a8.inc), in
+// parallel from kParallelMinMacs on. A span's result does not depend on the split.
+template <class Panel>
+void for_spans(int64_t rows, int64_t K, int64_t N, int threads, const Panel& panel) {
+  const bool parallel = threads > 1 && rows * N * K >= kParallelMinMacs;
+#pragma omp parallel num_threads(threads) if (parallel)
+  {
+#ifdef _OPENMP
+    const int64_t t = omp_get_thread_num(), team = omp_get_num_threads();
+    if (t == 0) note_team((int)team);
+#else
+    const int64_t t = 0, team = 1;
+    note_team(1);
+#endif
+    const int64_t blocks = (N + 63) / 64;   // whole blocks of 64 features per thread
+    const int64_t b0 = blocks * t / team, b1 = blocks * (t + 1) / team;
+    const int64_t n0 = 64 * b0, n1 = 64 * b1 < N ? 64 * b1 : N;
+    if (n1 > n0) panel(n0, n1 - n0);
+  }
+}
+
 template <typename T>
 void linear(const T* in, int64_t rows, int64_t K, const T* W, int64_t N, T* out, int threads) {
   for_chunks(rows, K, N, threads, [&](int64_t n0, int64_t n) { run_panel(in, rows, K, W + n0 * K, n, out + n0, N); });
@@ -195,10 +235,35 @@ void prep_int4(const float* x, int64_t rows, int64_t K, float* xp) {
   }
 }
 
-// Scratch of the rearranged activations of one projection call (grown on demand).
+// Scratch of the rearranged activations of one projection call (grown on demand); the
+// int4a8 format's int8 activations, their per-group scales and sums.
 struct ProjScratch {
   std::vector<float> xp;
+  std::vector<int8_t> xq;
+  std::vector<float> d;
+  std::vector<int32_t> qsum;
 };
+
+// out[rows, N] = x W^T for an int4a8 weight (decoder_a8.inc).
+void project_a8(const float* in, int64_t rows, int64_t K, const ProjWeight& w, int64_t N, float* out, int threads,
+                ProjScratch& sc) {
+  const int64_t gs = w.group_size, G = K / gs;
+  if (sc.xq.size() < (size_t)(rows * K)) sc.xq.resize(rows * K);
+  if (sc.d.size() < (size_t)(rows * G)) sc.d.resize(rows * G), sc.qsum.resize(rows * G);
+  prep_a8(in, rows, K, gs, sc.xq.data(), sc.d.data(), sc.qsum.data());
+  const int32_t* codes = static_cast<const int32_t*>(w.w);
+#ifdef TD_VNNI_TARGET
+  if (have_vnni())
+    return for_spans(rows, K, N, threads, [&](int64_t n0, int64_t n) {
+      vnni::panel_a8_vnni(sc.xq.data(), sc.d.data(), sc.qsum.data(), rows, K, gs, codes, w.scales, w.zeros, N, n0,
+                          n, out, N);
+    });
+#endif
+  for_spans(rows, K, N, threads, [&](int64_t n0, int64_t n) {
+    panel_a8_scalar(sc.xq.data(), sc.d.data(), sc.qsum.data(), rows, K, gs, codes, w.scales, w.zeros, N, n0, n,
+                    out, N);
+  });
+}
 
 // out[rows, N] = in[rows, K] W^T for any format (bf16 and int4 with T = float only: checked
 // up front by the callers).
@@ -207,6 +272,7 @@ void project(const T* in, int64_t rows, int64_t K, const ProjWeight& w, int64_t 
              ProjScratch& sc) {
   if (w.format == kProjFull) return linear(in, rows, K, static_cast<const T*>(w.w), N, out, threads);
   if constexpr (std::is_same<T, float>::value) {
+    if (w.format == kProjInt4A8) return project_a8(in, rows, K, w, N, out, threads, sc);
     if (sc.xp.size() < (size_t)(rows * K)) sc.xp.resize(rows * K);
     float* xp = sc.xp.data();
     if (w.format == kProjBf16) {
@@ -341,14 +407,18 @@ const char* decoder_gemm_build() { return have_avx2() ? "avx2+fma" : "baseline";
 
 const char* decoder_qgemm_build() { return have_avx512() ? "avx512" : decoder_gemm_build(); }
 
+const char* decoder_a8_build() { return have_vnni() ? "avx512-vnni" : "scalar"; }
+
 int decoder_last_team_size() { return last_team_size.load(std::memory_order_relaxed); }
 
 bool proj_weight_ok(const ProjWeight& w, int64_t N, int64_t K) {
   if (w.w == nullptr || N < 1 || K < 1) return false;
   if (w.format == kProjFull || w.format == kProjBf16) return true;
-  if (w.format != kProjInt4) return false;
-  return w.scales != nullptr && w.zeros != nullptr && N % 8 == 0 && w.group_size >= 64 && w.group_size % 64 == 0 &&
-         K % w.group_size == 0;
+  if (w.format != kProjInt4 && w.format != kProjInt4A8) return false;
+  // int4a8: |sum of a group's int products| < 15 * 127 * group_size must stay below 2^24
+  const int64_t multiple = w.format == kProjInt4 ? 64 : 8, largest = w.format == kProjInt4 ? K : 1024;
+  return w.scales != nullptr && w.zeros != nullptr && N % 8 == 0 && w.group_size >= multiple &&
+         w.group_size % multiple == 0 && w.group_size <= largest && K % w.group_size == 0;
 }
 
 int proj_linear_cpu(const ProjWeight& w, const float* x, int64_t rows, int64_t K, int64_t N, float* out,

@@ -35,6 +35,7 @@ void bind_decoder(py::module_& m) {
   });
   m.def("decoder_gemm_build", []() { return std::string(decoder_gemm_build()); });
   m.def("decoder_qgemm_build", []() { return std::string(decoder_qgemm_build()); });
+  m.def("decoder_a8_build", []() { return std::string(decoder_a8_build()); });
   m.def("decoder_last_team_size", []() { return decoder_last_team_size(); });
   m.def("decoder_layers", [](int dtype, uintptr_t x, uintptr_t qkv, uintptr_t attn, uintptr_t cos, uintptr_t sin,
                              uintptr_t q_scale, const std::vector<uintptr_t>& weights,

@@ -1,10 +1,12 @@
-"""Quantized checkpoints shared by tests/quant (written once per session): the tiny preset
+"""Shared by tests/quant: quantized checkpoints (written once per session): the tiny preset
 (float32, with a drafter adapter) and its int4-g64 asymmetric copy; the bundled model's
-int4-g128 copy."""
+int4-g128 copy; stack_rows, which records the path of every model forward."""
 import pytest
 import torch
 
-from tridiff import models
+import tridiff.cpp
+from tridiff import layer_stack, models
+from tridiff.model import Model
 from tridiff.checkpoint import write_random_checkpoint
 from tridiff.quant.export import quantize_checkpoint
 
@@ -25,3 +27,35 @@ def bundled_q4(tmp_path_factory):
     quantize_checkpoint(models.path(), q, bits=4, group_size=128)
     return q
 
+
+
+@pytest.fixture
+def stack_rows(monkeypatch):
+    """Rows of every forward the C++ stack ran (TRIDIFF_CPU_LAYER_STACK=1: every forward it
+    can take); a forward on any other path is recorded as -rows."""
+    monkeypatch.setenv(layer_stack.ENV, "1")
+    rows = []
+    real_kernel, real_choice = tridiff.cpp.decoder_layers_, Model._layer_stack
+    ran = []
+
+    def counted(*args):
+        ran.append(True)
+        return real_kernel(*args)
+
+    def chosen(self, x, ctx, use_lora, backend):
+        plan = real_choice(self, x, ctx, use_lora, backend)
+        n = x.shape[0] * x.shape[1]
+        if plan is None:
+            rows.append(-n)
+            return None
+
+        def run_plan():
+            before = len(ran)
+            out = plan()
+            rows.append(n if len(ran) == before + 1 else -n)
+            return out
+        return run_plan
+
+    monkeypatch.setattr(tridiff.cpp, "decoder_layers_", counted)
+    monkeypatch.setattr(Model, "_layer_stack", chosen)
+    return rows

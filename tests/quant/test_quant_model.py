@@ -2,7 +2,6 @@
 LoRA, quadratic) equals AR greedy on the same quantized model token for token, on the
 tiny preset and on the bundled trained model quantized int4-g128; the bf16 format holds
 no fp32 copy of any projection and computes the network of its bf16 values in fp32."""
-import pytest
 import torch
 
 from tests.quant.support import code_prompts

@@ -8,7 +8,6 @@ greedy token for token."""
 import pytest
 import torch
 
-import tridiff.cpp
 from tests.cpp.support import REASON
 from tests.quant.support import code_prompts
 from tests.ops.test_decoder import make_case, run
@@ -118,36 +117,7 @@ def test_unsupported_packed_weights_run_the_reference_instead():
 
 # ---- whole models through the stack path ---------------------------------------------------------
 
-@pytest.fixture
-def stack_rows(monkeypatch):
-    """Rows of every forward the C++ stack ran (TRIDIFF_CPU_LAYER_STACK=1: every forward it
-    can take); a forward on any other path is recorded as -rows."""
-    monkeypatch.setenv(layer_stack.ENV, "1")
-    rows = []
-    real_kernel, real_choice = tridiff.cpp.decoder_layers_, Model._layer_stack
-    ran = []
-
-    def counted(*args):
-        ran.append(True)
-        return real_kernel(*args)
-
-    def chosen(self, x, ctx, use_lora, backend):
-        plan = real_choice(self, x, ctx, use_lora, backend)
-        n = x.shape[0] * x.shape[1]
-        if plan is None:
-            rows.append(-n)
-            return None
-
-        def run_plan():
-            before = len(ran)
-            out = plan()
-            rows.append(n if len(ran) == before + 1 else -n)
-            return out
-        return run_plan
-
-    monkeypatch.setattr(tridiff.cpp, "decoder_layers_", counted)
-    monkeypatch.setattr(Model, "_layer_stack", chosen)
-    return rows
+# stack_rows: tests/quant/conftest.py
 
 
 def _forward(model, tokens, backend):

@@ -50,5 +50,7 @@ supports_decoder_layers_ = _backend.supports_decoder_layers_
 # projections on bf16 and int4 weights (csrc/cpu/decoder_qgemm.inc, the layer stack's panels)
 quant_linear = _backend.quant_linear
 supports_quant_linear = _backend.supports_quant_linear
+quant_linear_a8 = _backend.quant_linear_a8   # int8 activations (csrc/cpu/decoder_a8.inc)
+supports_quant_linear_a8 = _backend.supports_quant_linear_a8
 mixed_linear = _backend.mixed_linear
 supports_mixed_linear = _backend.supports_mixed_linear

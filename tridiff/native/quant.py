@@ -1,6 +1,7 @@
-"""quant_linear and mixed_linear of the "cpp" backend: one projection of fp32 activations
-against int4 (GPTQ) or bf16 weights (csrc/cpu/decoder_qgemm.inc, the panels the C++ layer
-stack runs), and the weight descriptors both it and the stack (native/decoder.py) pass.
+"""quant_linear, quant_linear_a8 and mixed_linear of the "cpp" backend: one projection of
+fp32 activations against int4 (GPTQ) or bf16 weights (csrc/cpu/decoder_qgemm.inc and
+decoder_a8.inc, the panels the C++ layer stack runs), and the weight descriptors both it
+and the stack (native/decoder.py) pass.
 
 The int4 panels read each output feature's codes as one contiguous run: the GPTQ qweight
 [K/8, N] held transposed in memory (qweight.t() contiguous, the layout
@@ -13,8 +14,9 @@ import torch
 
 from tridiff.native.base import NativeBase
 
-PROJ_FULL, PROJ_BF16, PROJ_INT4 = 0, 1, 2   # csrc/cpu/decoder.h ProjFormat
+PROJ_FULL, PROJ_BF16, PROJ_INT4, PROJ_INT4_A8 = 0, 1, 2, 3   # csrc/cpu/decoder.h ProjFormat
 GROUP_MULTIPLE = 64                         # the int4 panels' K block
+A8_GROUP_MULTIPLE, A8_GROUP_MAX = 8, 1024   # the int4a8 panels' groups (decoder.h proj_weight_ok)
 
 
 def int4_reason(x_dtype, qweight, scales, qzeros, bits, group_size, K):
@@ -32,6 +34,22 @@ def int4_reason(x_dtype, qweight, scales, qzeros, bits, group_size, K):
         return "scales and qzeros must be contiguous"
     if not (qweight.t().is_contiguous() or qweight.is_contiguous()):
         return "qweight must be contiguous, or transposed-contiguous (the CPU layout)"
+    return None
+
+
+def int4_a8_reason(x_dtype, qweight, scales, qzeros, bits, group_size, K):
+    """None, or why the int4a8 panels (csrc/cpu/decoder_a8.inc) cannot take this weight."""
+    if x_dtype != torch.float32:
+        return f"the C++ int4a8 panels take float32 activations, got {x_dtype}"
+    if bits != 4:
+        return f"the C++ int4a8 panels take 4-bit codes, got bits={bits}"
+    if group_size % A8_GROUP_MULTIPLE or group_size > A8_GROUP_MAX or K % group_size:
+        return (f"the C++ int4a8 panels take group sizes that are multiples of {A8_GROUP_MULTIPLE} up to "
+                f"{A8_GROUP_MAX}, got {group_size}")
+    if scales.dtype != torch.float16:
+        return f"the C++ int4a8 panels take float16 scales, got {scales.dtype}"
+    if not scales.is_contiguous() or not qzeros.is_contiguous():
+        return "scales and qzeros must be contiguous"
     return None
 
 
@@ -60,6 +78,28 @@ class QuantOps(NativeBase):
         if M:
             codes, meta = int4_meta(qweight, scales, qzeros, group_size)
             self.lib().proj_linear(codes.data_ptr(), meta, x.data_ptr(), M, K, N, out.data_ptr(),
+                                   torch.get_num_threads())
+        return out
+
+    def supports_quant_linear_a8(self, x, qweight, scales, qzeros, bits, group_size):
+        if self.device_type != "cpu":
+            return "quant_linear_a8 of this backend is a CPU kernel (csrc/cpu/decoder_a8.inc)"
+        reason = self.device_reason(x, qweight, scales, qzeros)
+        if reason:
+            return reason
+        return int4_a8_reason(x.dtype, qweight, scales, qzeros, bits, group_size, x.shape[-1])
+
+    def quant_linear_a8(self, x, qweight, scales, qzeros, bits, group_size):
+        """The codes are read in the GPTQ layout itself (qweight [K/8, N] row-major); any
+        other layout is made contiguous for the call."""
+        M, K = x.shape
+        N = qweight.shape[1]
+        x = x.contiguous()
+        out = torch.empty((M, N), dtype=x.dtype)
+        if M:
+            codes = qweight.contiguous()
+            self.lib().proj_linear(codes.data_ptr(), [PROJ_INT4_A8, scales.data_ptr(), qzeros.data_ptr(),
+                                                      int(group_size)], x.data_ptr(), M, K, N, out.data_ptr(),
                                    torch.get_num_threads())
         return out
 

@@ -14,7 +14,7 @@ from tridiff.ops.accept import (
     AcceptResult, QuadraticAcceptResult, accept_linear, accept_quadratic, accept_rejection,
 )
 from tridiff.ops.decoder import DecoderPlan, DecoderWeights, decoder_layers_, decoder_plan
-from tridiff.ops.quant import mixed_linear, quant_linear
+from tridiff.ops.quant import mixed_linear, quant_linear, quant_linear_a8
 from tridiff.ops.sample import diffusion_confidence, diffusion_unmask, num_transfer_schedule, sample
 
 __all__ = [
@@ -23,7 +23,7 @@ __all__ = [
     "paged_release_",
     "sample", "diffusion_confidence", "diffusion_unmask", "num_transfer_schedule",
     "accept_linear", "accept_rejection", "accept_quadratic", "AcceptResult", "QuadraticAcceptResult",
-    "decoder_layers_", "decoder_plan", "DecoderPlan", "DecoderWeights", "quant_linear", "mixed_linear",
+    "decoder_layers_", "decoder_plan", "DecoderPlan", "DecoderWeights", "quant_linear", "quant_linear_a8", "mixed_linear",
 ]
 
 load_all()

@@ -4,6 +4,12 @@ float dtype than the activations.
   quant_linear(x [..., K], qweight, scales, qzeros, *, bits, group_size, backend="auto")
       -> y [..., N] in x.dtype, y = x @ W^T with W^T [K, N] = scales[g] * (q - z[g]),
          g = k // group_size, the products accumulated in fp32 (fp64 for fp64 x).
+  quant_linear_a8(x [..., K], qweight, scales, qzeros, *, bits, group_size, backend="auto")
+      -> y [..., N] in x.dtype: quant_linear with the activations first rounded to int8,
+         per row and group of group_size (d = max|x| / 127, q = round(x / d), in fp32;
+         tridiff.reference.quant.round_activations_int8), y = (d q) @ W^T: "w4a8", what
+         llama.cpp's Q4_0 x Q8_0 dot products compute. Integer products on CPU (AVX-512
+         VNNI); an opt-in approximation of quant_linear, never chosen silently.
   mixed_linear(x [..., K], weight [N, K], *, backend="auto")
       -> y [..., N] in x.dtype: F.linear in the wider of the two dtypes (a bf16 weight with
          fp32 x: fp32 accumulation), without a wider copy of the weight.
@@ -15,7 +21,9 @@ load, tridiff.quant.gptq.v2_words), G = K / group_size. bits 4 or 8. Input featu
 order: a desc_act checkpoint's g_idx is refused at load (tridiff.quant.config).
 Pure functions: nothing is mutated. The cpp backend serves both on CPU with float32 x
 (4-bit codes, fp16 scales, group sizes that are multiples of 64; bf16 weights), through
-the panels of the C++ layer stack (csrc/cpu/decoder_qgemm.inc).
+the panels of the C++ layer stack (csrc/cpu/decoder_qgemm.inc); quant_linear_a8 takes
+group sizes that are multiples of 8 up to 1024 there (csrc/cpu/decoder_a8.inc), and has no
+GPU kernel (the reference serves it on other devices).
 """
 from __future__ import annotations
 
@@ -69,6 +77,26 @@ def quant_linear(x, qweight, scales, qzeros, *, bits, group_size, backend="auto"
     lead = x.shape[:-1]
     x2 = x.reshape(-1, K)
     y = run("quant_linear", backend, x.device, (x2, qweight, scales, qzeros, bits, group_size), _quant_linear_op)
+    return y.view(*lead, N)
+
+
+@torch.library.custom_op("tridiff::quant_linear_a8", mutates_args=())
+def _quant_linear_a8_op(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, qzeros: torch.Tensor,
+                        bits: int, group_size: int, backend: str) -> torch.Tensor:
+    return _dispatch.implementation("quant_linear_a8", backend)(x, qweight, scales, qzeros, bits, group_size)
+
+
+@_quant_linear_a8_op.register_fake
+def _quant_linear_a8_fake(x, qweight, scales, qzeros, bits, group_size, backend):
+    return x.new_empty((x.shape[0], scales.shape[1]))
+
+
+def quant_linear_a8(x, qweight, scales, qzeros, *, bits, group_size, backend="auto"):
+    K, N, _ = check_quant_linear(x, qweight, scales, qzeros, bits, group_size)
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, K)
+    y = run("quant_linear_a8", backend, x.device, (x2, qweight, scales, qzeros, bits, group_size),
+            _quant_linear_a8_op)
     return y.view(*lead, N)
 
 

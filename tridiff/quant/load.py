@@ -11,6 +11,8 @@ storage of its final dtype and is filled from the memory-mapped file one at a ti
     the model) and is multiplied by tridiff.quant.packed.mixed_linear.
   * bf16 (weights="bf16" of from_pretrained): projections and head in bf16, the rest
     (embeddings, norms, LoRA) in the activation dtype.
+A GPTQ model's projections take float activations unless set_activations (or
+from_pretrained's activations="int8") makes them round their input to int8 (w4a8).
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from torch import nn
 from tridiff import checkpoint as ckpt
 from tridiff.quant.config import PACKED_SUFFIXES, PROJECTIONS, QuantConfig, projection_shapes
 from tridiff.quant.gptq import default_g_idx
-from tridiff.quant.packed import PackedLinear
+from tridiff.quant.packed import ACTIVATIONS, PackedLinear
 
 WEIGHT_FORMATS = ("full", "bf16")
 HALF = (torch.float16, torch.bfloat16)
@@ -174,6 +176,32 @@ def finish(model) -> None:
                 module.cpu_layout_()
 
 
+def set_activations(model, activations: str):
+    """How the model's packed projections take their input: "float" (ops.quant_linear,
+    w4a16) or "int8" (ops.quant_linear_a8: rounded per row and group, integer products;
+    CPU only). The codes are laid out once for the new panels (tridiff.quant.packed) and
+    the fused groups rebuilt; returns the model. Refused (ValueError, nothing changed) for
+    a model without packed projections, or "int8" off the CPU."""
+    if activations not in ACTIVATIONS:
+        raise ValueError(f"activations: expected one of {ACTIVATIONS}, got {activations!r}")
+    packed = [m for m in model.modules() if isinstance(m, PackedLinear)]
+    if activations == "int8":
+        if not packed:
+            raise ValueError(f"activations: 'int8' rounds the input of int4 (GPTQ) projections; this model's "
+                             f"weights are {model.weight_format!r}")
+        if model.device.type != "cpu":
+            raise ValueError(f"activations: 'int8' is a CPU path (AVX-512 VNNI panels); this model is on "
+                             f"{model.device}")
+    for m in packed:
+        if m.activations != activations:
+            m.qweight = m.qweight.contiguous()   # its own codes, out of the fused group's tensor
+            m.activations = activations
+    if packed:
+        finish(model)
+    model.activations = activations
+    return model
+
+
 def load_model(cls, found, *, device="cpu", dtype: Optional[torch.dtype] = None):
     """A Model from an opened GPTQ checkpoint (tridiff.checkpoint.Checkpoint with .quant
     set): names, shapes, dtypes and g_idx checked before any code is read."""
@@ -193,17 +221,21 @@ def load_model(cls, found, *, device="cpu", dtype: Optional[torch.dtype] = None)
 
 
 def from_pretrained(directory, *, weights: str = "full", device="cpu", dtype: Optional[torch.dtype] = None,
-                    adapter: Union[str, bool, None, os.PathLike] = "auto"):
+                    adapter: Union[str, bool, None, os.PathLike] = "auto", activations: str = "float"):
     """tridiff.model.Model.from_pretrained with a weight format: "full" (as it), "bf16"
     (projections and head held in bf16, computed with fp32 accumulation in the
     activation dtype `dtype`). A GPTQ checkpoint loads packed whatever `weights` says
-    ("full"), and refuses another."""
+    ("full"), and refuses another. activations: set_activations's, for a GPTQ checkpoint."""
     from tridiff.model import Model
 
     if weights not in WEIGHT_FORMATS:
         raise ValueError(f"weights: expected one of {WEIGHT_FORMATS}, got {weights!r}")
+    if activations not in ACTIVATIONS:
+        raise ValueError(f"activations: expected one of {ACTIVATIONS}, got {activations!r}")
     if weights == "full":
-        return Model.from_pretrained(directory, device=device, dtype=dtype, adapter=adapter)
+        return Model.from_pretrained(directory, device=device, dtype=dtype, adapter=adapter, activations=activations)
+    if activations != "float":
+        raise ValueError(f"activations: {activations!r} applies to int4 (GPTQ) checkpoints, not weights={weights!r}")
     found = ckpt.open_checkpoint(directory, adapter)
     if found.quant is not None:
         raise ValueError(f"weights: {weights!r} asked for a {found.quant.name} GPTQ checkpoint (load it as it is)")

@@ -15,11 +15,18 @@ else its reference, which upcasts one block of rows at a time (no fp32 copy of t
 is ever held). Packed weights go through ops.quant_linear the same way (C++ int4 panels on
 CPU, Triton on CUDA, the reference otherwise).
 
+Activations: "float" (default) multiplies the activations as they are
+(ops.quant_linear, "w4a16"); "int8" rounds them to int8 per row and group first
+(ops.quant_linear_a8, "w4a8": integer dot products, AVX-512 VNNI on CPU), an opt-in
+approximation set for a whole model by tridiff.quant.load.set_activations.
+
 CPU layout of the codes: on CPU a PackedLinear's and a FusedPacked's qweight [K/8, N] is
-held transposed in memory (qweight.t() contiguous: each output feature's codes are one
-contiguous run, what the C++ int4 panels stream). It is the same tensor, the same values
-and bytes (a strided view, not a copy): state_dict() and the GPTQ export see the GPTQ
-qweight. cpu_layout_ relayouts once; the codes are never held twice.
+held in the layout its panels stream. With float activations: transposed in memory
+(qweight.t() contiguous: each output feature's codes are one contiguous run, what the C++
+int4 panels stream); with int8 activations: the GPTQ layout itself (row-major: 16 output
+features' words are one VNNI vector). Either way it is the same tensor, the same values
+(a strided view, not a copy): state_dict() and the GPTQ export see the GPTQ qweight.
+cpu_layout_ relayouts once; the codes are never held twice.
 """
 from __future__ import annotations
 
@@ -44,6 +51,14 @@ def mixed_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """F.linear in the wider of the two dtypes (promote_types: fp32 for bf16 and fp16)
     without a wider copy of the weight (ops.mixed_linear); the result in x's dtype."""
     return ops.mixed_linear(x, weight)
+
+
+ACTIVATIONS = ("float", "int8")
+
+
+def cpu_codes(qweight: torch.Tensor, activations: str) -> torch.Tensor:
+    """qweight in the CPU layout of `activations` (module docstring); itself when it is."""
+    return qweight.contiguous() if activations == "int8" else transposed_codes(qweight)
 
 
 def transposed_codes(qweight: torch.Tensor) -> torch.Tensor:
@@ -72,6 +87,7 @@ class PackedLinear(nn.Module):
         self.register_buffer("scales", torch.empty(G, out_features, dtype=scale_dtype, device=device))
         self.register_buffer("g_idx", torch.empty(in_features, **i32))
         self._zeros: Optional[tuple] = None   # (qzeros address, true zero-point words)
+        self.activations = "float"            # or "int8" (module docstring)
 
     @property
     def weight(self) -> "PackedLinear":
@@ -95,9 +111,9 @@ class PackedLinear(nn.Module):
         return out
 
     def cpu_layout_(self) -> "PackedLinear":
-        """On CPU: hold qweight transposed in memory (module docstring), once."""
+        """On CPU: hold qweight in the layout of its activations (module docstring), once."""
         if self.qweight.device.type == "cpu":
-            codes = transposed_codes(self.qweight)
+            codes = cpu_codes(self.qweight, self.activations)
             if codes is not self.qweight:
                 self.qweight = codes
         return self
@@ -111,12 +127,12 @@ class PackedLinear(nn.Module):
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         self.cpu_layout_()
-        return ops.quant_linear(x, self.qweight, self.scales, self.zeros_v2(), bits=self.bits,
-                                group_size=self.group_size)
+        op = ops.quant_linear_a8 if self.activations == "int8" else ops.quant_linear
+        return op(x, self.qweight, self.scales, self.zeros_v2(), bits=self.bits, group_size=self.group_size)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
-                f"group_size={self.group_size}")
+                f"group_size={self.group_size}, activations={self.activations}")
 
 
 class FusedPacked:
@@ -125,11 +141,11 @@ class FusedPacked:
 
     def __init__(self, parts: list):
         first = parts[0]
-        if any((p.bits, p.group_size, p.in_features) != (first.bits, first.group_size, first.in_features)
-               for p in parts):
-            raise ValueError("fused packed projections need one bits, group_size and in_features")
-        self.bits, self.group_size = first.bits, first.group_size
-        if first.qweight.device.type == "cpu":   # the CPU layout (module docstring), built in place
+        if any((p.bits, p.group_size, p.in_features, p.activations) !=
+               (first.bits, first.group_size, first.in_features, first.activations) for p in parts):
+            raise ValueError("fused packed projections need one bits, group_size, in_features and activations")
+        self.bits, self.group_size, self.activations = first.bits, first.group_size, first.activations
+        if first.qweight.device.type == "cpu" and self.activations == "float":   # CPU layout, built in place
             self.qweight = torch.cat([p.qweight.t() for p in parts], dim=0).t()
         else:
             self.qweight = torch.cat([p.qweight for p in parts], dim=1)
@@ -149,7 +165,8 @@ class FusedPacked:
         return (self.qweight.shape[1], self.qweight.shape[0] * pack_factor(self.bits))
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
-        return ops.quant_linear(x, self.qweight, self.scales, self.zeros, bits=self.bits, group_size=self.group_size)
+        op = ops.quant_linear_a8 if self.activations == "int8" else ops.quant_linear
+        return op(x, self.qweight, self.scales, self.zeros, bits=self.bits, group_size=self.group_size)
 
 
 def fused_key(parts) -> list:

@@ -10,5 +10,5 @@ from tridiff.reference.kv_cache import (
 )
 from tridiff.reference.accept import accept_linear, accept_quadratic, accept_rejection
 from tridiff.reference.decoder import decoder_layers_
-from tridiff.reference.quant import mixed_linear, quant_linear
+from tridiff.reference.quant import mixed_linear, quant_linear, quant_linear_a8
 from tridiff.reference.sample import diffusion_confidence, diffusion_unmask, num_transfer_schedule, sample

@@ -1,7 +1,8 @@
 """Reference of decoder_layers_: a stack of decoder layers over the KV cache, in plain
 PyTorch (the per-layer math of tridiff.layers, docs/spec.md section 1, with the reference
 attention). Layouts are tridiff.ops.decoder's; a projection narrower than x is multiplied
-by the references of tridiff.ops.mixed_linear / quant_linear."""
+by the references of tridiff.ops.mixed_linear / quant_linear (quant_linear_a8 for a packed
+weight whose activations are "int8")."""
 from __future__ import annotations
 
 import torch
@@ -9,7 +10,7 @@ import torch.nn.functional as F
 
 from tridiff.layer_math import rms_norm, rotate
 from tridiff.reference.attention import attention
-from tridiff.reference.quant import mixed_linear, quant_linear
+from tridiff.reference.quant import mixed_linear, quant_linear, quant_linear_a8
 
 WEIGHTS_PER_LAYER = 8   # norm1, qkv, o, norm2, gate_up, down, lora_a, lora_b
 PROJECTIONS = (1, 2, 4, 5)   # the slots that may hold narrow or packed weights
@@ -30,7 +31,8 @@ def _linear(x, w):
     if isinstance(w, torch.Tensor):
         y = mixed_linear(x2, w)
     else:
-        y = quant_linear(x2, w.qweight, w.scales, w.zeros, w.bits, w.group_size)
+        op = quant_linear_a8 if getattr(w, "activations", "float") == "int8" else quant_linear
+        y = op(x2, w.qweight, w.scales, w.zeros, w.bits, w.group_size)
     return y.view(*x.shape[:-1], y.shape[-1])
 
 
