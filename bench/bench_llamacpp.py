@@ -55,14 +55,15 @@ from bench.common import ForwardLog, Timing, arg_parser, start_run
 
 PROMPT = 32
 NEW_TOKENS = 128
-TRIDIFF_FORMATS = ("fp32", "bf16", "int4-g128")
+# -a8: int8 activations (as llama.cpp's Q4_0 x Q8_0 dot products); -q4head: the head int4-g128 too
+TRIDIFF_FORMATS = ("fp32", "bf16", "int4-g128", "int4-g128-a8", "int4-g128-a8-q4head")
 GGUF_FORMATS = ("llama-f16", "llama-bf16", "llama-q4_0", "llama-q4_0-f16head", "llama-f32")
-DEFAULT_FORMATS = ("fp32", "bf16", "int4-g128", "llama-f16", "llama-q4_0", "llama-q4_0-f16head")
+DEFAULT_FORMATS = ("fp32", "bf16", "int4-g128", "int4-g128-a8", "int4-g128-a8-q4head", "llama-f16", "llama-q4_0", "llama-q4_0-f16head")
 # How llama-cpp-python was built for these rows (the default native build segfaulted on
 # its first evaluation on this CPU, which reports AMX and AVX-512): bench/NOTES.md.
 LLAMA_BUILD_FLAGS = "-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
 WIDTH = {"fp32": "32bit", "llama-f32": "32bit", "bf16": "16bit", "llama-f16": "16bit", "llama-bf16": "16bit",
-         "int4-g128": "4bit", "llama-q4_0": "4bit", "llama-q4_0-f16head": "4bit"}
+         "int4-g128": "4bit", "int4-g128-a8": "4bit", "int4-g128-a8-q4head": "4bit", "llama-q4_0": "4bit", "llama-q4_0-f16head": "4bit"}
 
 
 def config_for(name: str):
@@ -111,7 +112,7 @@ def tridiff_model(config, fmt: str, weight: Callable[[str], torch.Tensor]):
     from tridiff.model import Model
     from tridiff.quant.config import QuantConfig
     from tridiff.quant.gptq import quantize_rtn
-    from tridiff.quant.load import build_model, finish
+    from tridiff.quant.load import build_model, finish, set_activations
 
     with torch.no_grad():
         if fmt == "fp32":
@@ -120,7 +121,8 @@ def tridiff_model(config, fmt: str, weight: Callable[[str], torch.Tensor]):
             for name in ckpt.expected_shapes(config):
                 params[name].copy_(weight(name))
             return model
-        quant = "bf16" if fmt == "bf16" else QuantConfig(4, 128, True, "gptq", "bench_llamacpp")
+        quant = "bf16" if fmt == "bf16" else QuantConfig(4, 128, True, "gptq", "bench_llamacpp",
+                                                         lm_head=fmt.endswith("-q4head"))
         model, targets = build_model(config, quant, dtype=torch.float32, head_dtype=torch.bfloat16)
         done = set()
         for name, target in targets.items():
@@ -135,7 +137,7 @@ def tridiff_model(config, fmt: str, weight: Callable[[str], torch.Tensor]):
             else:
                 target.copy_(weight(name))
         finish(model)
-        return model
+        return set_activations(model, "int8") if "-a8" in fmt else model
 
 
 def run_tridiff(model, prompt: list, new_tokens: int) -> dict:

@@ -1,6 +1,8 @@
 """Weight formats on CPU: one AR step (1 row) and one 17-row verify forward per format
-(fp32, bf16, int4-g128) against each format's weight-streaming floor; and, without any
-timing, what int4-g128 costs the bundled model in accuracy.
+(fp32, bf16, int4-g128, and int4-g128-a8: the same int4 weights with int8 activations,
+tridiff.quant.load.set_activations; -q4head: the head packed int4-g128 too, `tridiff
+quantize --lm-head`) against each format's weight-streaming floor; and,
+without any timing, what int4-g128 (and -a8) costs the bundled model in accuracy.
 
     python -m bench.bench_quant [--quick] [--out DIR] [--shapes small,mid,3b] [--formats fp32,bf16,int4-g128]
     python -m bench.bench_quant --quality [--quick] [--out DIR]
@@ -16,7 +18,8 @@ the measured copy bandwidth and peak_fraction the share of it reached. The shape
 bench.bench_cpu_e2e (small, mid) and the 3B preset.
 
 Quality (--quality, bench/results/quant_quality.jsonl): the bundled model, full
-precision vs `tridiff quantize --bits 4 --group 128` (and bf16 weights): held-out AR loss
+precision vs `tridiff quantize --bits 4 --group 128` (also with int8 activations, and bf16
+weights): held-out AR loss
 on 64 fixed windows of 256 tokens of the held-out split (tridiff.train.loop's
 fixed_windows over the held-out files), greedy agreement over the 20 held-out prompts
 of bench.bench_model_quality (64 AR tokens each), and linear self-speculation's tokens
@@ -39,7 +42,7 @@ from bench.bench_cpu_e2e import SHAPES
 from bench.common import Timing, bench_main, start_run
 from bench.record import DEFAULT_OUT
 
-FORMATS = ("fp32", "bf16", "int4-g128")
+FORMATS = ("fp32", "bf16", "int4-g128", "int4-g128-a8", "int4-g128-a8-q4head")
 PROMPT = 32
 ROWS = {"ar": 1, "verify": 17}
 GROUP = 128
@@ -67,8 +70,10 @@ def weight_bytes(config, fmt: str) -> int:
         return 4 * (proj + head)
     if fmt == "bf16":
         return 2 * (proj + head)
-    if fmt == "int4-g128":
+    if fmt in ("int4-g128", "int4-g128-a8"):
         return math.ceil(proj * (0.5 + (2 + 0.5) / GROUP)) + 2 * head
+    if fmt == "int4-g128-a8-q4head":
+        return math.ceil((proj + head) * (0.5 + (2 + 0.5) / GROUP))
     raise ValueError(f"format: expected one of {FORMATS}, got {fmt!r}")
 
 
@@ -76,7 +81,7 @@ def random_model(config, fmt: str, seed: int = 0):
     """A model with random weights built directly in format `fmt` (fan-in scaled)."""
     from tridiff.model import Model
     from tridiff.quant.config import QuantConfig
-    from tridiff.quant.load import build_model, finish
+    from tridiff.quant.load import build_model, finish, set_activations
 
     g = torch.Generator().manual_seed(seed)
     if fmt == "fp32":
@@ -85,13 +90,14 @@ def random_model(config, fmt: str, seed: int = 0):
             for name, p in model.named_parameters():
                 _fill(name, p, g)
         return model
-    weights = "bf16" if fmt == "bf16" else QuantConfig(4, GROUP, True, "gptq", "bench")
+    weights = "bf16" if fmt == "bf16" else QuantConfig(4, GROUP, True, "gptq", "bench",
+                                                       lm_head=fmt.endswith("-q4head"))
     model, targets = build_model(config, weights, dtype=torch.float32, head_dtype=torch.bfloat16)
     with torch.no_grad():
         for name, t in targets.items():
             _fill(name, t, g)
     finish(model)
-    return model
+    return set_activations(model, "int8") if "-a8" in fmt else model
 
 
 def _fill(name: str, t: torch.Tensor, g: torch.Generator) -> None:
@@ -187,17 +193,17 @@ def gemm_build() -> str:
     if reason:   # "" when the backend is usable
         return f"none: {reason}"
     lib = _ext.load("cpp")
-    return f"{lib.decoder_gemm_build()}, quantized {lib.decoder_qgemm_build()}"
+    return f"{lib.decoder_gemm_build()}, quantized {lib.decoder_qgemm_build()}, a8 {lib.decoder_a8_build()}"
 
 
 def table(recs) -> str:
-    lines = [f"{'shape':<6} {'kind':<7} {'format':<10} {'MB/fwd':>8} {'ms':>9} {'floor ms':>9} {'of floor':>9} "
+    lines = [f"{'shape':<6} {'kind':<7} {'format':<12} {'MB/fwd':>8} {'ms':>9} {'floor ms':>9} {'of floor':>9} "
              f"{'vs fp32':>8}  path"]
     base = {(r["shape"]["shape"], r["extra"]["kind"]): r["median_ms"] for r in recs if r["backend"] == "fp32"}
     for r in recs:
         key = (r["shape"]["shape"], r["extra"]["kind"])
         speed = base[key] / r["median_ms"] if key in base else float("nan")
-        lines.append(f"{key[0]:<6} {key[1]:<7} {r['backend']:<10} {r['bytes'] / 1e6:>8.1f} {r['median_ms']:>9.3f} "
+        lines.append(f"{key[0]:<6} {key[1]:<7} {r['backend']:<12} {r['bytes'] / 1e6:>8.1f} {r['median_ms']:>9.3f} "
                      f"{r['floor_ms']:>9.3f} {r['peak_fraction']:>8.0%} {speed:>7.2f}x  {r['extra'].get('path', '?')}")
     return "\n".join(lines)
 
@@ -257,7 +263,8 @@ def run_quality(quick: bool = False, out_dir=None) -> dict:
         quantize_checkpoint(src, d, bits=4, group_size=GROUP, sym=True)
         variants = {"full": Model.from_pretrained(src, dtype=torch.float32),
                     "bf16": from_pretrained(src, weights="bf16"),
-                    "int4-g128": Model.from_pretrained(d, dtype=torch.float32)}
+                    "int4-g128": Model.from_pretrained(d, dtype=torch.float32),
+                    "int4-g128-a8": Model.from_pretrained(d, dtype=torch.float32, activations="int8")}
     out = {}
     ar = {}
     for name, model in variants.items():
@@ -271,7 +278,7 @@ def run_quality(quick: bool = False, out_dir=None) -> dict:
                                              for r, a in zip(lin, generate(model, prompts, mode="ar",
                                                                            max_new_tokens=new_tokens + 15,
                                                                            eos_id=-1).results))}
-    for name in ("bf16", "int4-g128"):
+    for name in ("bf16", "int4-g128", "int4-g128-a8"):
         out[name]["loss_delta_vs_full"] = out[name]["heldout_ar_loss"] - out["full"]["heldout_ar_loss"]
         out[name]["greedy_vs_full"] = greedy_agreement(ar["full"], ar[name])
     record = {"bench": "quant_quality", "model": "stdlib-7m", "windows": n_windows, "window_tokens": 256,
@@ -281,14 +288,14 @@ def run_quality(quick: bool = False, out_dir=None) -> dict:
     path.mkdir(parents=True, exist_ok=True)
     with open(path / "quant_quality.jsonl", "a") as fh:
         fh.write(json.dumps(record) + "\n")
-    print(f"{'weights':<10} {'held-out loss':>14} {'delta':>8} {'greedy same':>12} {'common prefix':>14} "
+    print(f"{'weights':<13} {'held-out loss':>14} {'delta':>8} {'greedy same':>12} {'common prefix':>14} "
           f"{'agree':>6} {'linear tok/fwd':>15} {'== AR':>6}")
     for name, v in out.items():
         agree = v.get("greedy_vs_full")
         same = f"{agree['identical']}/{agree['of']}" if agree else "-"
         prefix = f"{agree['mean_common_prefix']:.1f}" if agree else "-"
         pos = f"{agree['positionwise_agreement']:.0%}" if agree else "-"
-        print(f"{name:<10} {v['heldout_ar_loss']:>14.4f} {v.get('loss_delta_vs_full', 0.0):>+8.4f} {same:>12} "
+        print(f"{name:<13} {v['heldout_ar_loss']:>14.4f} {v.get('loss_delta_vs_full', 0.0):>+8.4f} {same:>12} "
               f"{prefix:>14} {pos:>6} {v['linear_tokens_per_forward']:>15.2f} "
               f"{'yes' if v['linear_equals_ar'] else 'NO':>6}")
     return record

@@ -75,7 +75,7 @@ class Model(nn.Module):
     # ---- construction ---------------------------------------------------------------------
 
     def _add_adapter(self, rank: int) -> None:
-        p = self.diffusion_head.weight
+        p = self.encoder.norm.weight   # the activations' dtype and device (the head may be packed)
         self.linear_spec_lora = nn.ModuleList(
             LoraLayer(rank, self.config, p.dtype, p.device) for _ in range(self.config.num_hidden_layers))
 
@@ -87,7 +87,7 @@ class Model(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.diffusion_head.weight.device
+        return self.encoder.norm.weight.device
 
     @property
     def inv_freq(self) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Shared by tests/quant: quantized checkpoints (written once per session): the tiny preset
 (float32, with a drafter adapter) and its int4-g64 asymmetric copy; the bundled model's
-int4-g128 copy; stack_rows, which records the path of every model forward."""
+int4-g128 copies (head as stored, head packed); stack_rows, which records the path of every model forward."""
 import pytest
 import torch
 
@@ -19,6 +19,14 @@ def tiny_q4(tmp_path_factory):
     q = tmp_path_factory.mktemp("tiny-q4") / "q"
     quantize_checkpoint(full, q, bits=4, group_size=64, sym=False)
     return full, q
+
+
+@pytest.fixture(scope="session")
+def bundled_q4_head(tmp_path_factory):
+    """The bundled model int4-g128 with its head packed too (lm_head=true)."""
+    q = tmp_path_factory.mktemp("bundled-head") / "stdlib-7m-int4-g128-head"
+    quantize_checkpoint(models.path(), q, bits=4, group_size=128, lm_head=True)
+    return q
 
 
 @pytest.fixture(scope="session")

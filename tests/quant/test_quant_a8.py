@@ -291,10 +291,40 @@ def test_int8_activations_are_refused_where_they_do_not_apply(tiny_q4):
     assert model.activations == "float"
 
 
-def test_self_speculation_equals_ar_with_int8_activations_through_the_stack(bundled_q4, stack_rows):
-    model = Model.from_pretrained(bundled_q4, dtype=torch.float32, activations="int8")
-    assert model.activations == "int8"
-    tok = Tokenizer.from_pretrained(bundled_q4)
+def test_a_packed_head_loads_and_computes_the_reference_logits(bundled_q4_head, monkeypatch):
+    """`tridiff quantize --lm-head`: the head is one more PackedLinear (GPTQModel's
+    lm_head=true), read back bit for bit; its logits are the reference quant_linear of the
+    final hidden state (quant_linear_a8's with int8 activations)."""
+    import tridiff.model
+    from safetensors.torch import load_file
+
+    with open(os.path.join(bundled_q4_head, "quantize_config.json")) as fh:
+        assert '"lm_head": true' in fh.read()
+    stored = load_file(os.path.join(bundled_q4_head, "model.safetensors"))
+    assert "diffusion_head.weight" not in stored
+    seen = []
+    real = tridiff.model.linear
+    monkeypatch.setattr(tridiff.model, "linear", lambda x, w: seen.append((x, w)) or real(x, w))
+    tokens = torch.tensor([[1, 5, 9, 13, 2]])
+    for activations, ref in (("float", ops.quant_linear), ("int8", ops.quant_linear_a8)):
+        model = Model.from_pretrained(bundled_q4_head, dtype=torch.float32, activations=activations)
+        head = model.diffusion_head
+        assert isinstance(head, PackedLinear) and head.activations == activations
+        for suffix in ("qweight", "qzeros", "scales", "g_idx"):
+            assert torch.equal(getattr(head, suffix), stored[f"diffusion_head.{suffix}"])
+        seen.clear()
+        logits = model(tokens, model.new_cache(1, 8), kv="none")
+        x = [x for x, w in seen if w is head][-1]
+        want = ref(x, head.qweight, head.scales, head.zeros, bits=4, group_size=128, backend="torch")
+        assert logits.shape == (1, 5, model.config.vocab_size)
+        torch.testing.assert_close(logits, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+
+
+def test_self_speculation_equals_ar_with_int8_activations_through_the_stack(bundled_q4_head, stack_rows):
+    """int8 activations everywhere, the packed head included."""
+    model = Model.from_pretrained(bundled_q4_head, dtype=torch.float32, activations="int8")
+    assert model.activations == "int8" and isinstance(model.diffusion_head, PackedLinear)
+    tok = Tokenizer.from_pretrained(bundled_q4_head)
     prompts = code_prompts(tok)
     n, L = 32, 16
     ar = generate(model, prompts, mode="ar", max_new_tokens=n + L - 1).results

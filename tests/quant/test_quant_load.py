@@ -153,7 +153,7 @@ def no_reads(monkeypatch):
     (dict(bits=3), r"quantization_config\.bits: expected one of \(4, 8\), got 3"),
     (dict(checkpoint_format="marlin"), r"quantization_config\.checkpoint_format: expected"),
     (dict(group_size=96), r"encoder\.layers\.0\.self_attn\.q_proj: a \[128, 128\] weight does not pack"),
-    (dict(lm_head=True), r"quantization_config\.lm_head"),
+    (dict(lm_head="yes"), r"quantization_config\.lm_head: expected true or false"),
 ], ids=["desc_act", "awq", "bits", "format", "group", "lm_head"])
 def test_config_refusals_name_the_field(full_dir, tmp_path, no_reads, fields, match):
     qdir = _quantized(full_dir, tmp_path, bits=4, group_size=64)

@@ -7,8 +7,8 @@ Fields read (GPTQModel's names, older spellings accepted): quant_method ("method
 files without it hold GPTQ), bits (4 or 8), group_size (-1: one group per output channel),
 sym, desc_act (must be false: act-order permutes the input features, see below),
 checkpoint_format ("format": "gptq" = v1 zero points stored minus one, "gptq_v2" = as
-they are), pack_dtype (int32 only), lm_head (false: the head stays unquantized), dynamic
-(per-module overrides: refused).
+they are), pack_dtype (int32 only), lm_head (true: the head, diffusion_head, is packed
+like the projections; false: it stays as stored), dynamic (per-module overrides: refused).
 
 desc_act: GPTQ with act-order stores the input features in the checkpoint's order and a
 g_idx that is not k // group_size; tridiff's kernels read groups of consecutive features.
@@ -30,6 +30,7 @@ PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self
                "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 PLAIN = ("input_layernorm", "post_attention_layernorm")
 PACKED_SUFFIXES = ("qweight", "qzeros", "scales", "g_idx")
+HEAD = "diffusion_head"   # packed where the config says lm_head: true
 
 
 class QuantConfigError(ConfigError):
@@ -43,6 +44,7 @@ class QuantConfig:
     sym: bool
     zero_format: str         # "gptq" (v1) or "gptq_v2"
     source: str              # where it was read, for messages
+    lm_head: bool = False    # the head (diffusion_head) packed too
 
     def group_of(self, in_features: int) -> int:
         return in_features if self.group_size == -1 else self.group_size
@@ -55,7 +57,7 @@ class QuantConfig:
     def to_json(self) -> dict:
         """The quantize_config.json / quantization_config content tridiff writes."""
         return {"quant_method": "gptq", "bits": self.bits, "group_size": self.group_size, "desc_act": False,
-                "sym": self.sym, "true_sequential": True, "lm_head": False, "checkpoint_format": self.zero_format,
+                "sym": self.sym, "true_sequential": True, "lm_head": self.lm_head, "checkpoint_format": self.zero_format,
                 "pack_dtype": "int32"}
 
 
@@ -106,11 +108,12 @@ def parse_quant_config(q, source: str = "quantization_config") -> QuantConfig:
         bad("checkpoint_format", " or ".join(repr(f) for f in ZERO_FORMATS), fmt)
     if q.get("pack_dtype", "int32") not in ("int32", "torch.int32"):
         bad("pack_dtype", "'int32'", q.get("pack_dtype"))
-    if q.get("lm_head", False):
-        bad("lm_head", "false (the head is not quantized)", q.get("lm_head"))
+    lm_head = q.get("lm_head", False)
+    if not isinstance(lm_head, bool):
+        bad("lm_head", "true or false", lm_head)
     if q.get("dynamic"):
         bad("dynamic", "no per-module overrides", q.get("dynamic"))
-    return QuantConfig(bits=bits, group_size=group, sym=sym, zero_format=fmt, source=source)
+    return QuantConfig(bits=bits, group_size=group, sym=sym, zero_format=fmt, source=source, lm_head=lm_head)
 
 
 def projection_shapes(config: ModelConfig) -> dict:
@@ -143,5 +146,9 @@ def expected_quant_shapes(config: ModelConfig, qc: QuantConfig) -> dict:
             for suffix, shape in packed_shapes(N, K, qc, prefix).items():
                 shapes[f"{prefix}.{suffix}"] = shape
     shapes["encoder.norm.weight"] = (h,)
-    shapes["diffusion_head.weight"] = (V, h)
+    if qc.lm_head:
+        for suffix, shape in packed_shapes(V, h, qc, HEAD).items():
+            shapes[f"{HEAD}.{suffix}"] = shape
+    else:
+        shapes[f"{HEAD}.weight"] = (V, h)
     return shapes

@@ -2,8 +2,9 @@
 checkpoint, quantized round-to-nearest (tridiff.quant.gptq.quantize_rtn).
 
 The seven projections of every layer become qweight / qzeros (v1 "gptq" zero points, as
-GPTQModel and AutoGPTQ write them) / scales (fp16) / g_idx; embeddings, norms and the head
-are copied as stored; config.json gains "quantization_config" and quantize_config.json
+GPTQModel and AutoGPTQ write them) / scales (fp16) / g_idx; so does the head with
+--lm-head (GPTQModel's lm_head=true); embeddings, norms (and the head without it) are
+copied as stored; config.json gains "quantization_config" and quantize_config.json
 holds the same (tridiff.quant.config.QuantConfig.to_json); the drafter LoRA directory
 (linear_spec_lora/) and the other files (tokenizer.json, ...) are copied unchanged, so
 the LoRA stays in full precision. One tensor is read at a time (memory-mapped).
@@ -15,13 +16,14 @@ import os
 import shutil
 
 from tridiff import checkpoint as ckpt
-from tridiff.quant.config import PROJECTIONS, QUANT_CONFIG_FILE, QuantConfig, packed_shapes, projection_shapes
+from tridiff.quant.config import HEAD, PROJECTIONS, QUANT_CONFIG_FILE, QuantConfig, packed_shapes, projection_shapes
 from tridiff.quant.gptq import BITS, quantize_rtn
 
 
-def quantize_checkpoint(src, dst, *, bits: int = 4, group_size: int = 128, sym: bool = True) -> QuantConfig:
+def quantize_checkpoint(src, dst, *, bits: int = 4, group_size: int = 128, sym: bool = True,
+                        lm_head: bool = False) -> QuantConfig:
     """Write the quantized copy of checkpoint `src` to directory `dst` (created; must not
-    hold a checkpoint already). Returns the QuantConfig written."""
+    hold a checkpoint already); lm_head: pack the head too. Returns the QuantConfig written."""
     from safetensors import safe_open
 
     src, dst = os.fspath(src), os.fspath(dst)
@@ -36,14 +38,19 @@ def quantize_checkpoint(src, dst, *, bits: int = 4, group_size: int = 128, sym: 
     found = ckpt.open_checkpoint(src, adapter=False)
     if found.quant is not None:
         raise ValueError(f"IN: {src} is already quantized ({found.quant.name})")
-    qc = QuantConfig(bits=bits, group_size=group_size, sym=sym, zero_format="gptq", source="tridiff quantize")
+    qc = QuantConfig(bits=bits, group_size=group_size, sym=sym, zero_format="gptq", source="tridiff quantize",
+                     lm_head=bool(lm_head))
     config = found.config
     shapes = projection_shapes(config)
+    if qc.lm_head:
+        shapes[HEAD] = (config.vocab_size, config.hidden_size)
     for name, (N, K) in shapes.items():   # every shape packs, before anything is written
         packed_shapes(N, K, qc, name)
 
     out = {}
     quantized = {f"encoder.layers.{i}.{name}.weight" for i in range(config.num_hidden_layers) for name in PROJECTIONS}
+    if qc.lm_head:
+        quantized.add(f"{HEAD}.weight")
     for name, (path, _) in found.weights.items():
         with safe_open(path, framework="pt") as fh:
             t = fh.get_tensor(name)
@@ -86,11 +93,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--bits", type=int, choices=BITS, default=4)
     parser.add_argument("--group", type=int, default=128, help="group size along the input features; -1: per channel")
     parser.add_argument("--asym", action="store_true", help="asymmetric (zero points per group); default symmetric")
+    parser.add_argument("--lm-head", action="store_true", help="pack the head too (GPTQModel's lm_head=true)")
     parser.add_argument("src", metavar="IN", help="checkpoint directory (or bundled model name)")
     parser.add_argument("dst", metavar="OUT", help="output directory")
 
 
 def main(args, src: str) -> int:
-    qc = quantize_checkpoint(src, args.dst, bits=args.bits, group_size=args.group, sym=not args.asym)
-    print(f"wrote {qc.name} ({'symmetric' if qc.sym else 'asymmetric'}) GPTQ checkpoint to {args.dst}")
+    qc = quantize_checkpoint(src, args.dst, bits=args.bits, group_size=args.group, sym=not args.asym,
+                             lm_head=args.lm_head)
+    print(f"wrote {qc.name} ({'symmetric' if qc.sym else 'asymmetric'}{', head packed' if qc.lm_head else ''}) "
+          f"GPTQ checkpoint to {args.dst}")
     return 0

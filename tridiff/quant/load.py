@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from tridiff import checkpoint as ckpt
-from tridiff.quant.config import PACKED_SUFFIXES, PROJECTIONS, QuantConfig, projection_shapes
+from tridiff.quant.config import HEAD, PACKED_SUFFIXES, PROJECTIONS, QuantConfig, projection_shapes
 from tridiff.quant.gptq import default_g_idx
 from tridiff.quant.packed import ACTIVATIONS, PackedLinear
 
@@ -60,12 +60,14 @@ def _default_dtype(device, dtype):
     return dtype or default_dtype(device)
 
 
-def _plain_targets(model, device, dtype, head_dtype) -> dict:
-    """Real storage for everything but the projections; name -> parameter to fill."""
+def _plain_targets(model, device, dtype, head_dtype, packed_head: bool = False) -> dict:
+    """Real storage for everything but the projections (and a packed head); name ->
+    parameter to fill."""
     enc = model.encoder
     _real(enc.embed_tokens, dtype, device)
     _real(enc.norm, dtype, device)
-    _real(model.diffusion_head, head_dtype, device)
+    if not packed_head:
+        _real(model.diffusion_head, head_dtype, device)
     for layer in enc.layers:
         _real(layer.input_layernorm, dtype, device)
         _real(layer.post_attention_layernorm, dtype, device)
@@ -73,8 +75,9 @@ def _plain_targets(model, device, dtype, head_dtype) -> dict:
         for lora in model.linear_spec_lora:
             _real(lora.lora_A, dtype, device)
             _real(lora.lora_B, dtype, device)
-    targets = {"encoder.embed_tokens.weight": enc.embed_tokens.weight, "encoder.norm.weight": enc.norm.weight,
-               "diffusion_head.weight": model.diffusion_head.weight}
+    targets = {"encoder.embed_tokens.weight": enc.embed_tokens.weight, "encoder.norm.weight": enc.norm.weight}
+    if not packed_head:
+        targets[f"{HEAD}.weight"] = model.diffusion_head.weight
     for i, layer in enumerate(enc.layers):
         for name in ("input_layernorm", "post_attention_layernorm"):
             targets[f"encoder.layers.{i}.{name}.weight"] = getattr(layer, name).weight
@@ -104,18 +107,20 @@ def check_packed(found: dict, qc: QuantConfig, config) -> None:
         if dt not in HALF + (torch.float32,):
             raise ckpt.CheckpointError(f"{name}: expected fp16/bf16/fp32 scales, got {dt}")
     shapes = projection_shapes(config)
+    packed = {f"encoder.layers.{i}.{name}": shapes[name][1] for i in range(config.num_hidden_layers)
+              for name in PROJECTIONS}
+    if qc.lm_head:
+        packed[HEAD] = config.hidden_size
     want = {}
-    for i in range(config.num_hidden_layers):
-        for name in PROJECTIONS:
-            K = shapes[name][1]
-            g = qc.group_of(K)
-            ref = want.setdefault((K, g), default_g_idx(K, g))
-            got = torch.empty(K, dtype=torch.int32)
-            ckpt.load_into(found, {f"encoder.layers.{i}.{name}.g_idx": got})
-            if not torch.equal(got, ref):
-                k = int((got != ref).nonzero()[0])
-                raise ckpt.CheckpointError(f"encoder.layers.{i}.{name}.g_idx: expected k // group_size "
-                                           f"(inputs in order, desc_act=false), got {int(got[k])} at k={k}")
+    for prefix, K in packed.items():
+        g = qc.group_of(K)
+        ref = want.setdefault((K, g), default_g_idx(K, g))
+        got = torch.empty(K, dtype=torch.int32)
+        ckpt.load_into(found, {f"{prefix}.g_idx": got})
+        if not torch.equal(got, ref):
+            k = int((got != ref).nonzero()[0])
+            raise ckpt.CheckpointError(f"{prefix}.g_idx: expected k // group_size "
+                                       f"(inputs in order, desc_act=false), got {int(got[k])} at k={k}")
 
 
 def build_model(config, weights, *, device="cpu", dtype: Optional[torch.dtype] = None,
@@ -129,7 +134,15 @@ def build_model(config, weights, *, device="cpu", dtype: Optional[torch.dtype] =
     dtype = _default_dtype(device, dtype)
     model = (cls or Model)(config, device="meta", dtype=dtype)
     bf16 = weights == "bf16"
-    targets = _plain_targets(model, device, dtype, head_dtype or (torch.bfloat16 if bf16 else dtype))
+    packed_head = not bf16 and weights.lm_head
+    targets = _plain_targets(model, device, dtype, head_dtype or (torch.bfloat16 if bf16 else dtype), packed_head)
+    if packed_head:   # diffusion_head as one more packed projection [V, H]
+        V, H = config.vocab_size, config.hidden_size
+        sd = scale_dtype(HEAD) if callable(scale_dtype) else scale_dtype
+        model.diffusion_head = PackedLinear(H, V, weights.bits, weights.group_of(H), zero_format=weights.zero_format,
+                                            device=device, scale_dtype=sd)
+        for suffix in PACKED_SUFFIXES:
+            targets[f"{HEAD}.{suffix}"] = getattr(model.diffusion_head, suffix)
     shapes = projection_shapes(config)
     for i, layer in enumerate(model.encoder.layers):
         if bf16:   # q/k/v and gate/up as row blocks of one tensor each (tridiff.layers)
@@ -174,6 +187,8 @@ def finish(model) -> None:
         for module in (layer.self_attn.o_proj, layer.mlp.down_proj):
             if isinstance(module, PackedLinear):
                 module.cpu_layout_()
+    if isinstance(model.diffusion_head, PackedLinear):
+        model.diffusion_head.cpu_layout_()
 
 
 def set_activations(model, activations: str):
@@ -209,8 +224,10 @@ def load_model(cls, found, *, device="cpu", dtype: Optional[torch.dtype] = None)
     config = found.config
     check_packed(found.weights, qc, config)
     dtype = _default_dtype(device, dtype)
-    head_stored = stored_dtypes(found.weights, ["diffusion_head.weight"])["diffusion_head.weight"]
-    head_dtype = head_stored if head_stored in HALF and dtype not in HALF else dtype
+    head_dtype = dtype
+    if not qc.lm_head:   # a half-precision head stays half (the largest weight of the model)
+        head_stored = stored_dtypes(found.weights, [f"{HEAD}.weight"])[f"{HEAD}.weight"]
+        head_dtype = head_stored if head_stored in HALF and dtype not in HALF else dtype
     scale_dtypes = stored_dtypes(found.weights, [n for n in found.weights if n.endswith(".scales")])
     model, targets = build_model(config, qc, device=device, dtype=dtype, head_dtype=head_dtype,
                                  scale_dtype=lambda prefix: scale_dtypes[f"{prefix}.scales"], cls=cls)
