@@ -4,9 +4,9 @@
                      [--mode {ar,diffusion,linear-spec,quadratic-spec}] [--max-new-tokens N]
                      [--block-length L] [--threshold X] [--temperature T] [--seed S]
                      [--anchors K | --anchors 0,1,3,7] [--device cpu|cuda] [--dtype float32|float16|bfloat16]
-                     [--no-adapter] [--json]
+                     [--activations float|int8] [--no-adapter] [--json]
     tridiff demo [--model DIR|NAME] [--max-new-tokens N] [--no-adapter]
-    tridiff quantize [--bits 4|8] [--group 128|64|-1] [--asym] IN OUT   (GPTQ layout; tridiff.quant)
+    tridiff quantize [--bits 4|8] [--group 128|64|-1] [--asym] [--lm-head] IN OUT   (GPTQ layout; tridiff.quant)
     tridiff export-gguf [--type q4_0|f16|bf16|f32] [--head-type T] IN OUT.gguf   (llama.cpp; tridiff.quant.gguf)
     tridiff serve [--model DIR|NAME] [--host H] [--port N] [--max-rows R] [--max-queue Q]
                   [--strategy auto|ar|...] [...]   (OpenAI-compatible HTTP; tridiff.serve)
@@ -67,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     g.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
                    help="default: the model's own choice for the device")
+    g.add_argument("--activations", choices=("float", "int8"), default="float",
+                   help="int4 (GPTQ) checkpoints: int8 rounds the projections' input per group (CPU, w4a8)")
     g.add_argument("--backend", default="auto", choices=("auto", "torch", "triton", "cuda", "cpp", "sdpa"),
                    help="the ops' backend (auto: the fastest that serves each call; sdpa: CPU attention)")
     g.add_argument("--eos-check-every", type=int, default=1)
@@ -166,7 +168,7 @@ def _resolve_model(model) -> str:
     return models.path(model) if model in models.available() else model
 
 
-def _load(model_dir, device, dtype):
+def _load(model_dir, device, dtype, activations="float"):
     import torch
 
     from tridiff.model import Model
@@ -178,7 +180,15 @@ def _load(model_dir, device, dtype):
     if device == "cuda" and not torch.cuda.is_available():
         raise UsageError("tridiff: error: --device cuda: no CUDA device is available")
     torch_dtype = getattr(torch, dtype) if dtype else None
-    return Model.from_pretrained(model_dir, device=device, dtype=torch_dtype)
+    if activations != "float":
+        from tridiff import checkpoint as ckpt
+
+        if ckpt.open_checkpoint(model_dir, adapter=False).quant is None:
+            raise UsageError(f"tridiff: error: --activations {activations}: applies to int4 (GPTQ) checkpoints; "
+                             f"{model_dir} holds full-precision weights")
+        if device != "cpu":
+            raise UsageError(f"tridiff: error: --activations {activations}: a CPU path (use --device cpu)")
+    return Model.from_pretrained(model_dir, device=device, dtype=torch_dtype, activations=activations)
 
 
 def _tokenizer(model_dir):
@@ -196,7 +206,7 @@ def _generate(args) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     args.model = _resolve_model(args.model)
-    model = _load(args.model, device, args.dtype)
+    model = _load(args.model, device, args.dtype, args.activations)
     _warm_imports()
     tok = _tokenizer(args.model)
     if args.prompt is not None:

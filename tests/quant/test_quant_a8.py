@@ -335,3 +335,23 @@ def test_self_speculation_equals_ar_with_int8_activations_through_the_stack(bund
     for a, s in zip(ar, spec):
         assert len(s.tokens) >= min(n, len(a.tokens)) and s.tokens == a.tokens[:len(s.tokens)]
     assert sum(len(s.tokens) for s in spec) > sum(s.nfe for s in spec)
+
+
+def test_cli_generate_takes_int8_activations_and_refuses_them_for_full_weights(bundled_q4, capsys):
+    """`tridiff generate --activations int8` equals the Python API's greedy tokens; on a
+    full-precision checkpoint it exits 2 with one line naming the flag."""
+    import json
+
+    from tridiff import models
+    from tridiff.cli import main
+
+    argv = ["generate", "--model", str(bundled_q4), "--prompt", "def main():\n", "--mode", "ar",
+            "--max-new-tokens", "8", "--device", "cpu", "--json"]
+    assert main(argv + ["--activations", "int8"]) == 0
+    row = json.loads(capsys.readouterr().out)["results"][0]
+    model = Model.from_pretrained(bundled_q4, dtype=torch.float32, activations="int8")
+    want = generate(model, [row["prompt_ids"]], mode="ar", max_new_tokens=8).results[0].tokens
+    assert row["tokens"] == list(want)
+    assert main(argv[:2] + [models.path()] + argv[3:] + ["--activations", "int8"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tridiff: error: --activations int8: applies to int4")

@@ -48,6 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "triton", "cuda", "cpp"))
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None)
+    p.add_argument("--activations", choices=("float", "int8"), default="float",
+                   help="int4 (GPTQ) checkpoints: int8 rounds the projections' input per group (CPU, w4a8)")
     p.add_argument("--served-model-name", default=None, help="the model id of /v1/models (default: the "
                                                               "directory's name)")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
@@ -71,7 +73,8 @@ def serve_main(args, model_dir: str) -> int:
     from tridiff.serve.server import make_state, run
 
     state = make_state(model_dir, model_id=args.served_model_name, max_queue=args.max_queue,
-                       strategy=args.strategy, device=args.device, dtype=args.dtype, max_rows=args.max_rows,
+                       strategy=args.strategy, device=args.device, dtype=args.dtype,
+                       activations=args.activations, max_rows=args.max_rows,
                        num_pages=args.num_pages, page_size=args.page_size, max_context=args.max_context,
                        prefill_chunk=args.prefill_chunk, backend=args.backend)
     try:

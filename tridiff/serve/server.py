@@ -18,7 +18,8 @@ from tridiff.serve.chat import ChatTemplate
 ENGINE_KEYS = ("max_rows", "num_pages", "page_size", "max_context", "prefill_chunk", "backend")
 
 
-def load_model(model_dir: str, *, device: Optional[str] = None, dtype: Optional[str] = None):
+def load_model(model_dir: str, *, device: Optional[str] = None, dtype: Optional[str] = None,
+               activations: str = "float"):
     import torch
 
     from tridiff.model import Model
@@ -26,7 +27,8 @@ def load_model(model_dir: str, *, device: Optional[str] = None, dtype: Optional[
     if not os.path.isfile(os.path.join(model_dir, "config.json")):
         raise ValueError(f"model: expected a checkpoint directory with config.json, got {model_dir!r}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return Model.from_pretrained(model_dir, device=device, dtype=getattr(torch, dtype) if dtype else None)
+    return Model.from_pretrained(model_dir, device=device, dtype=getattr(torch, dtype) if dtype else None,
+                                 activations=activations)
 
 
 def load_tokenizer(model_dir: str):
@@ -39,9 +41,10 @@ def load_tokenizer(model_dir: str):
 
 def make_state(model_dir: str, *, model=None, model_id: Optional[str] = None, max_queue: int = 64,
                strategy: str = "auto", device: Optional[str] = None, dtype: Optional[str] = None,
-               **engine_kwargs) -> ServeState:
+               activations: str = "float", **engine_kwargs) -> ServeState:
     """A ServeState over a new Engine for `model_dir` (its tokenizer.json and chat
-    template, when present). model: an already loaded Model of that directory.
+    template, when present). model: an already loaded Model of that directory; else it is
+    loaded with device, dtype and activations (Model.from_pretrained's).
     engine_kwargs: Engine's (max_rows, num_pages, page_size, max_context, prefill_chunk,
     backend); None values take the Engine's defaults."""
     from tridiff.engine import Engine
@@ -51,7 +54,7 @@ def make_state(model_dir: str, *, model=None, model_id: Optional[str] = None, ma
         raise TypeError(f"make_state: unknown engine argument {sorted(unknown)[0]!r}")
     engine_kwargs = {k: v for k, v in engine_kwargs.items() if v is not None}
     if model is None:
-        model = load_model(model_dir, device=device, dtype=dtype)
+        model = load_model(model_dir, device=device, dtype=dtype, activations=activations)
     tokenizer = load_tokenizer(model_dir)
     engine = Engine(model, **engine_kwargs)
     return ServeState(engine, model_id=model_id or os.path.basename(os.path.normpath(model_dir)),
