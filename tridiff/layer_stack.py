@@ -27,6 +27,12 @@ per-op host cost (and the per-call activation copies), at any size: the 3B prese
 17-row forwards take it (3B: 100 M weights per layer, over MAX_ROW_WEIGHTS even at 1 row).
 Formats the stack cannot take (int8, fp16 weights) still run op by op (its plan refuses
 them).
+
+int8 activations (w4a8) take the stack at every row count: rounding to int8 turns the
+op-by-op layers' last-bit differences from the stack (torch's norms and attention against
+the C++ ones) into whole rounding steps, so a request batched by the engine (many rows)
+would no longer compute what it computes alone (few rows). One path keeps every row's
+numbers independent of what shares its forward.
 """
 from __future__ import annotations
 
@@ -42,10 +48,13 @@ MAX_ROW_WEIGHTS = 64_000_000
 _DTYPES = (torch.float32, torch.float64)
 
 
-def wanted(device: torch.device, dtype: torch.dtype, rows: int, layer_weights: int, narrow: bool = False) -> bool:
+def wanted(device: torch.device, dtype: torch.dtype, rows: int, layer_weights: int, narrow: bool = False,
+           int8_activations: bool = False) -> bool:
     """Whether a forward of `rows` token rows through layers of `layer_weights` projection
     weights each should try the one-call stack; narrow: the projections are bf16 or packed
-    (tridiff.quant; the model's weight_format is not "full")."""
+    (tridiff.quant; the model's weight_format is not "full"); int8_activations: they round
+    their input to int8 (tridiff.quant.load.set_activations), so every forward takes the
+    stack whatever its rows (module docstring)."""
     if device.type != "cpu" or dtype not in _DTYPES or torch.compiler.is_compiling():
         return False
     choice = os.environ.get(ENV, "auto")
@@ -53,6 +62,8 @@ def wanted(device: torch.device, dtype: torch.dtype, rows: int, layer_weights: i
         raise ValueError(f"{ENV}: expected auto, 0 or 1, got {choice!r}")
     if choice != "auto":
         return choice == "1"
+    if int8_activations:
+        return True
     return rows <= MAX_ROWS and (narrow or rows * layer_weights <= MAX_ROW_WEIGHTS)
 
 

@@ -250,7 +250,8 @@ class Model(nn.Module):
         c = self.config
         rows = x.shape[0] * x.shape[1]
         layer_weights = c.hidden_size * (2 * c.q_size + 2 * c.kv_size + 3 * c.intermediate_size)
-        if not layer_stack.wanted(x.device, x.dtype, rows, layer_weights, narrow=self.weight_format != "full"):
+        if not layer_stack.wanted(x.device, x.dtype, rows, layer_weights, narrow=self.weight_format != "full",
+                                  int8_activations=self.activations == "int8"):
             return None
         stack_backend = layer_stack.stack_backend(backend)
         if stack_backend is None:

@@ -355,3 +355,23 @@ def test_cli_generate_takes_int8_activations_and_refuses_them_for_full_weights(b
     assert main(argv[:2] + [models.path()] + argv[3:] + ["--activations", "int8"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("tridiff: error: --activations int8: applies to int4")
+
+
+def test_the_engine_serves_a_w4a8_model_each_request_as_generate_alone(bundled_q4_head):
+    """The engine on the quantized bundled model with int8 activations (head packed too):
+    strategies sharing steps, each request's tokens equal to its solo generate (the
+    activations are rounded per row, so a row does not depend on its batch)."""
+    from tridiff.engine import Engine
+
+    model = Model.from_pretrained(bundled_q4_head, dtype=torch.float32, activations="int8")
+    prompts = [[1, 300, 301, 302, 40, 41], [1, 500, 501, 90, 91, 92, 93, 94, 95, 96]]
+    eng = Engine(model, max_rows=8, max_context=512, prefill_chunk=16)
+    want = {}
+    for mode in ("ar", "linear-spec", "quadratic-spec", "auto"):
+        for p in prompts:
+            rid = eng.add_request(p, strategy=mode, max_new_tokens=16)
+            want[rid] = generate(model, [p], mode="ar" if mode == "auto" else mode,
+                                 max_new_tokens=16).results[0].tokens
+    done = eng.run_until_done()
+    for rid, toks in want.items():
+        assert done[rid].tokens == toks
