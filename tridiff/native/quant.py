@@ -7,6 +7,8 @@ The int4 panels read each output feature's codes as one contiguous run: the GPTQ
 [K/8, N] held transposed in memory (qweight.t() contiguous, the layout
 tridiff.quant.packed gives CPU-resident packed weights once at load). A qweight in the
 checkpoint's own layout is transposed for the call (a copy of the codes, never of fp32).
+The int4a8 panels read the checkpoint's layout itself (qweight row-major; the layout
+packed weights with int8 activations hold), and copy any other for the call.
 """
 from __future__ import annotations
 
