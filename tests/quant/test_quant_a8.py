@@ -375,3 +375,30 @@ def test_the_engine_serves_a_w4a8_model_each_request_as_generate_alone(bundled_q
     done = eng.run_until_done()
     for rid, toks in want.items():
         assert done[rid].tokens == toks
+
+
+def test_serve_state_loads_with_int8_activations(bundled_q4):
+    """`tridiff serve --activations int8` reaches the model through make_state; a
+    full-precision checkpoint is refused naming the argument."""
+    from tridiff import models
+    from tridiff.serve.server import make_state
+
+    state = make_state(str(bundled_q4), device="cpu", activations="int8", max_rows=2, max_context=128)
+    assert state.engine.model.activations == "int8"
+    with pytest.raises(ValueError, match="^activations: 'int8' applies to int4"):
+        make_state(models.path(), device="cpu", activations="int8", max_rows=2, max_context=128)
+
+
+def test_cli_quantize_packs_the_head_with_lm_head(tiny_q4, tmp_path, capsys):
+    import json
+
+    from tridiff.cli import main
+
+    full, _ = tiny_q4
+    out = tmp_path / "q"
+    assert main(["quantize", "--bits", "4", "--group", "64", "--lm-head", str(full), str(out)]) == 0
+    assert "head packed" in capsys.readouterr().out
+    with open(out / "config.json") as fh:
+        assert json.load(fh)["quantization_config"]["lm_head"] is True
+    model = Model.from_pretrained(out)
+    assert isinstance(model.diffusion_head, PackedLinear) and model.diffusion_head.group_size == 64
