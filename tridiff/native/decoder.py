@@ -11,7 +11,7 @@ from tridiff import _ext
 from tridiff.layer_math import rms_norm
 from tridiff.native.attention import AttentionOps
 from tridiff.native.base import ptr
-from tridiff.native.quant import PROJ_BF16, PROJ_FULL, PROJ_INT4, PROJ_INT4_A8, int4_a8_reason, int4_reason
+from tridiff.native.quant import PROJ_BF16, PROJ_FULL, PROJ_INT4, PROJ_INT4_A8, int4_reason
 from tridiff.reference.decoder import PROJECTIONS, WEIGHTS_PER_LAYER, is_packed
 
 DECODER_DTYPES = (torch.float32, torch.float64)
@@ -29,8 +29,7 @@ def _projection_meta(x_dtype, weights):
         if is_packed(w):
             K = w.shape[1]
             a8 = getattr(w, "activations", "float") == "int8"
-            reason = (int4_a8_reason if a8 else int4_reason)(x_dtype, w.qweight, w.scales, w.zeros, w.bits,
-                                                             w.group_size, K)
+            reason = int4_reason(x_dtype, w.qweight, w.scales, w.zeros, w.bits, w.group_size, K, a8=a8)
             if reason:
                 return f"{where}: {reason}", None, None
             if not (w.qweight.is_contiguous() if a8 else w.qweight.t().is_contiguous()):

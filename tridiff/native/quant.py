@@ -21,37 +21,24 @@ GROUP_MULTIPLE = 64                         # the int4 panels' K block
 A8_GROUP_MULTIPLE, A8_GROUP_MAX = 8, 1024   # the int4a8 panels' groups (decoder.h proj_weight_ok)
 
 
-def int4_reason(x_dtype, qweight, scales, qzeros, bits, group_size, K):
-    """None, or why the int4 panels cannot take this weight (formats and layout only;
-    shapes are the public op's checks)."""
+def int4_reason(x_dtype, qweight, scales, qzeros, bits, group_size, K, a8: bool = False):
+    """None, or why the int4 panels (a8: the int4a8 panels of csrc/cpu/decoder_a8.inc)
+    cannot take this weight (formats and layout only; shapes are the public op's checks)."""
+    name = "int4a8" if a8 else "int4"
     if x_dtype != torch.float32:
-        return f"the C++ int4 panels take float32 activations, got {x_dtype}"
+        return f"the C++ {name} panels take float32 activations, got {x_dtype}"
     if bits != 4:
-        return f"the C++ quantized panels take 4-bit codes, got bits={bits}"
-    if group_size % GROUP_MULTIPLE or K % group_size:
-        return f"the C++ int4 panels take group sizes that are multiples of {GROUP_MULTIPLE}, got {group_size}"
+        return f"the C++ {'int4a8' if a8 else 'quantized'} panels take 4-bit codes, got bits={bits}"
+    multiple, largest = (A8_GROUP_MULTIPLE, A8_GROUP_MAX) if a8 else (GROUP_MULTIPLE, K)
+    if group_size % multiple or group_size > largest or K % group_size:
+        limit = f" up to {A8_GROUP_MAX}" if a8 else ""
+        return f"the C++ {name} panels take group sizes that are multiples of {multiple}{limit}, got {group_size}"
     if scales.dtype != torch.float16:
-        return f"the C++ int4 panels take float16 scales, got {scales.dtype}"
+        return f"the C++ {name} panels take float16 scales, got {scales.dtype}"
     if not scales.is_contiguous() or not qzeros.is_contiguous():
         return "scales and qzeros must be contiguous"
-    if not (qweight.t().is_contiguous() or qweight.is_contiguous()):
+    if not a8 and not (qweight.t().is_contiguous() or qweight.is_contiguous()):
         return "qweight must be contiguous, or transposed-contiguous (the CPU layout)"
-    return None
-
-
-def int4_a8_reason(x_dtype, qweight, scales, qzeros, bits, group_size, K):
-    """None, or why the int4a8 panels (csrc/cpu/decoder_a8.inc) cannot take this weight."""
-    if x_dtype != torch.float32:
-        return f"the C++ int4a8 panels take float32 activations, got {x_dtype}"
-    if bits != 4:
-        return f"the C++ int4a8 panels take 4-bit codes, got bits={bits}"
-    if group_size % A8_GROUP_MULTIPLE or group_size > A8_GROUP_MAX or K % group_size:
-        return (f"the C++ int4a8 panels take group sizes that are multiples of {A8_GROUP_MULTIPLE} up to "
-                f"{A8_GROUP_MAX}, got {group_size}")
-    if scales.dtype != torch.float16:
-        return f"the C++ int4a8 panels take float16 scales, got {scales.dtype}"
-    if not scales.is_contiguous() or not qzeros.is_contiguous():
-        return "scales and qzeros must be contiguous"
     return None
 
 
@@ -64,46 +51,38 @@ def int4_meta(qweight, scales, qzeros, group_size):
 
 
 class QuantOps(NativeBase):
-    def supports_quant_linear(self, x, qweight, scales, qzeros, bits, group_size):
+    def _packed_reason(self, op, a8, x, qweight, scales, qzeros, bits, group_size):
         if self.device_type != "cpu":
-            return "quant_linear of this backend is a CPU kernel (csrc/cpu/decoder_qgemm.inc)"
-        reason = self.device_reason(x, qweight, scales, qzeros)
-        if reason:
-            return reason
-        return int4_reason(x.dtype, qweight, scales, qzeros, bits, group_size, x.shape[-1])
+            return f"{op} of this backend is a CPU kernel (csrc/cpu/{'decoder_a8' if a8 else 'decoder_qgemm'}.inc)"
+        return self.device_reason(x, qweight, scales, qzeros) or \
+            int4_reason(x.dtype, qweight, scales, qzeros, bits, group_size, x.shape[-1], a8=a8)
 
-    def quant_linear(self, x, qweight, scales, qzeros, bits, group_size):
+    def _packed_linear(self, x, N, weight):
+        """out [M, N] = x W^T through proj_linear; weight() -> (codes, meta), asked only
+        when there are rows (it may copy the codes into the layout the panels read)."""
         M, K = x.shape
-        N = qweight.shape[1]
         x = x.contiguous()
         out = torch.empty((M, N), dtype=x.dtype)
         if M:
-            codes, meta = int4_meta(qweight, scales, qzeros, group_size)
+            codes, meta = weight()
             self.lib().proj_linear(codes.data_ptr(), meta, x.data_ptr(), M, K, N, out.data_ptr(),
                                    torch.get_num_threads())
         return out
 
+    def supports_quant_linear(self, x, qweight, scales, qzeros, bits, group_size):
+        return self._packed_reason("quant_linear", False, x, qweight, scales, qzeros, bits, group_size)
+
+    def quant_linear(self, x, qweight, scales, qzeros, bits, group_size):
+        return self._packed_linear(x, qweight.shape[1], lambda: int4_meta(qweight, scales, qzeros, group_size))
+
     def supports_quant_linear_a8(self, x, qweight, scales, qzeros, bits, group_size):
-        if self.device_type != "cpu":
-            return "quant_linear_a8 of this backend is a CPU kernel (csrc/cpu/decoder_a8.inc)"
-        reason = self.device_reason(x, qweight, scales, qzeros)
-        if reason:
-            return reason
-        return int4_a8_reason(x.dtype, qweight, scales, qzeros, bits, group_size, x.shape[-1])
+        return self._packed_reason("quant_linear_a8", True, x, qweight, scales, qzeros, bits, group_size)
 
     def quant_linear_a8(self, x, qweight, scales, qzeros, bits, group_size):
         """The codes are read in the GPTQ layout itself (qweight [K/8, N] row-major); any
         other layout is made contiguous for the call."""
-        M, K = x.shape
-        N = qweight.shape[1]
-        x = x.contiguous()
-        out = torch.empty((M, N), dtype=x.dtype)
-        if M:
-            codes = qweight.contiguous()
-            self.lib().proj_linear(codes.data_ptr(), [PROJ_INT4_A8, scales.data_ptr(), qzeros.data_ptr(),
-                                                      int(group_size)], x.data_ptr(), M, K, N, out.data_ptr(),
-                                   torch.get_num_threads())
-        return out
+        return self._packed_linear(x, qweight.shape[1], lambda: (qweight.contiguous(), [
+            PROJ_INT4_A8, scales.data_ptr(), qzeros.data_ptr(), int(group_size)]))
 
     def supports_mixed_linear(self, x, weight):
         if self.device_type != "cpu":

@@ -72,12 +72,15 @@ def check_quant_linear(x, qweight, scales, qzeros, bits, group_size) -> tuple:
     return K, N, G
 
 
-def quant_linear(x, qweight, scales, qzeros, *, bits, group_size, backend="auto"):
+def _packed(name, op, x, qweight, scales, qzeros, bits, group_size, backend):
     K, N, _ = check_quant_linear(x, qweight, scales, qzeros, bits, group_size)
     lead = x.shape[:-1]
-    x2 = x.reshape(-1, K)
-    y = run("quant_linear", backend, x.device, (x2, qweight, scales, qzeros, bits, group_size), _quant_linear_op)
+    y = run(name, backend, x.device, (x.reshape(-1, K), qweight, scales, qzeros, bits, group_size), op)
     return y.view(*lead, N)
+
+
+def quant_linear(x, qweight, scales, qzeros, *, bits, group_size, backend="auto"):
+    return _packed("quant_linear", _quant_linear_op, x, qweight, scales, qzeros, bits, group_size, backend)
 
 
 @torch.library.custom_op("tridiff::quant_linear_a8", mutates_args=())
@@ -92,12 +95,7 @@ def _quant_linear_a8_fake(x, qweight, scales, qzeros, bits, group_size, backend)
 
 
 def quant_linear_a8(x, qweight, scales, qzeros, *, bits, group_size, backend="auto"):
-    K, N, _ = check_quant_linear(x, qweight, scales, qzeros, bits, group_size)
-    lead = x.shape[:-1]
-    x2 = x.reshape(-1, K)
-    y = run("quant_linear_a8", backend, x.device, (x2, qweight, scales, qzeros, bits, group_size),
-            _quant_linear_a8_op)
-    return y.view(*lead, N)
+    return _packed("quant_linear_a8", _quant_linear_a8_op, x, qweight, scales, qzeros, bits, group_size, backend)
 
 
 @torch.library.custom_op("tridiff::mixed_linear", mutates_args=())
