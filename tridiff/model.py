@@ -38,6 +38,7 @@ from tridiff.layer_math import rms_norm, rotary_tables
 from tridiff.layers import Encoder, ForwardContext, LoraLayer, Weight
 from tridiff.modes import Mode
 from tridiff.projection import linear
+from tridiff.quant.packed import check_activations
 from tridiff.rotary import cos_sin, llama4_query_scale, math_dtype, yarn_inv_freq
 
 KV_MODES = ("none", "write", "commit")
@@ -141,8 +142,7 @@ class Model(nn.Module):
         activations: "float", or "int8" for a GPTQ checkpoint (its int4 projections round
         their input to int8 per group: tridiff.quant.load.set_activations; refused for others).
         """
-        if activations not in ("float", "int8"):
-            raise ValueError(f"activations: expected 'float' or 'int8', got {activations!r}")
+        check_activations(activations, device)   # before anything is read
         found = ckpt.open_checkpoint(directory, adapter)
         if found.quant is not None:   # a GPTQ checkpoint: packed projections
             from tridiff.quant.load import load_model, set_activations

@@ -285,6 +285,8 @@ def test_int8_activations_are_refused_where_they_do_not_apply(tiny_q4):
         Model.from_pretrained(full, activations="int8")
     with pytest.raises(ValueError, match="^activations: expected"):
         Model.from_pretrained(q, activations="int4")
+    with pytest.raises(ValueError, match="^activations: 'int8' is a CPU path"):   # before any weight is read
+        Model.from_pretrained(q, device="cuda", activations="int8")
     model = Model.from_pretrained(full)
     with pytest.raises(ValueError, match="^activations: 'int8' rounds the input of int4"):
         set_activations(model, "int8")

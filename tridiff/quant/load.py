@@ -25,7 +25,7 @@ from torch import nn
 from tridiff import checkpoint as ckpt
 from tridiff.quant.config import HEAD, PACKED_SUFFIXES, PROJECTIONS, QuantConfig, projection_shapes
 from tridiff.quant.gptq import default_g_idx
-from tridiff.quant.packed import ACTIVATIONS, PackedLinear
+from tridiff.quant.packed import PackedLinear, check_activations
 
 WEIGHT_FORMATS = ("full", "bf16")
 HALF = (torch.float16, torch.bfloat16)
@@ -197,16 +197,11 @@ def set_activations(model, activations: str):
     CPU only). The codes are laid out once for the new panels (tridiff.quant.packed) and
     the fused groups rebuilt; returns the model. Refused (ValueError, nothing changed) for
     a model without packed projections, or "int8" off the CPU."""
-    if activations not in ACTIVATIONS:
-        raise ValueError(f"activations: expected one of {ACTIVATIONS}, got {activations!r}")
+    check_activations(activations, model.device)
     packed = [m for m in model.modules() if isinstance(m, PackedLinear)]
-    if activations == "int8":
-        if not packed:
-            raise ValueError(f"activations: 'int8' rounds the input of int4 (GPTQ) projections; this model's "
-                             f"weights are {model.weight_format!r}")
-        if model.device.type != "cpu":
-            raise ValueError(f"activations: 'int8' is a CPU path (AVX-512 VNNI panels); this model is on "
-                             f"{model.device}")
+    if activations == "int8" and not packed:
+        raise ValueError(f"activations: 'int8' rounds the input of int4 (GPTQ) projections; this model's "
+                         f"weights are {model.weight_format!r}")
     for m in packed:
         if m.activations != activations:
             m.qweight = m.qweight.contiguous()   # its own codes, out of the fused group's tensor
@@ -247,8 +242,7 @@ def from_pretrained(directory, *, weights: str = "full", device="cpu", dtype: Op
 
     if weights not in WEIGHT_FORMATS:
         raise ValueError(f"weights: expected one of {WEIGHT_FORMATS}, got {weights!r}")
-    if activations not in ACTIVATIONS:
-        raise ValueError(f"activations: expected one of {ACTIVATIONS}, got {activations!r}")
+    check_activations(activations, device)
     if weights == "full":
         return Model.from_pretrained(directory, device=device, dtype=dtype, adapter=adapter, activations=activations)
     if activations != "float":

@@ -56,6 +56,16 @@ def mixed_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 ACTIVATIONS = ("float", "int8")
 
 
+def check_activations(activations, device=None) -> None:
+    """ValueError unless `activations` is one of ACTIVATIONS and, for "int8", the model is
+    (or will be loaded) on the CPU: the loaders ask before reading any weight."""
+    if activations not in ACTIVATIONS:
+        raise ValueError(f"activations: expected one of {ACTIVATIONS}, got {activations!r}")
+    if activations == "int8" and device is not None and torch.device(device).type != "cpu":
+        raise ValueError(f"activations: 'int8' is a CPU path (AVX-512 VNNI panels); this model is on "
+                         f"{torch.device(device)}")
+
+
 def cpu_codes(qweight: torch.Tensor, activations: str) -> torch.Tensor:
     """qweight in the CPU layout of `activations` (module docstring); itself when it is."""
     return qweight.contiguous() if activations == "int8" else transposed_codes(qweight)
