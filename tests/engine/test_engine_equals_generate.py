@@ -7,6 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.engine.conftest import CONFIGS, L, NEW
+from tests.engine.support import assert_batch_equals_solo
 from tridiff.engine import Engine
 
 
@@ -84,18 +85,7 @@ def test_streamed_tokens_are_the_output(model, prompts, solo):
 def test_fp32_bundled_model_batch_equals_solo():
     """The dtype the CLI and the demo run: the bundled model in float32, greedy, a few
     strategies sharing steps, each equal to its solo generate."""
-    from tridiff.generate import generate
     from tridiff.model import Model
     from tridiff.models import path
 
-    model = Model.from_pretrained(path(), dtype=torch.float32)
-    prompts = [[1, 300, 301, 302, 40, 41], [1, 500, 501, 90, 91, 92, 93, 94, 95, 96]]
-    eng = Engine(model, max_rows=8, max_context=512, prefill_chunk=16)
-    want = {}
-    for mode in ("ar", "linear-spec", "quadratic-spec", "auto"):
-        for p in prompts:
-            rid = eng.add_request(p, strategy=mode, max_new_tokens=16)
-            want[rid] = generate(model, [p], mode="ar" if mode == "auto" else mode, max_new_tokens=16).results[0].tokens
-    done = eng.run_until_done()
-    for rid, toks in want.items():
-        assert done[rid].tokens == toks
+    assert_batch_equals_solo(Model.from_pretrained(path(), dtype=torch.float32))

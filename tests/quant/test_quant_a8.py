@@ -16,7 +16,8 @@ import torch
 
 from tests.cpp.support import REASON
 from tests.ops.test_decoder import make_case, run
-from tests.quant.support import code_prompts
+from tests.engine.support import assert_batch_equals_solo
+from tests.quant.support import assert_spec_equals_ar_through_the_stack, zero_point_case
 from tests.quant.test_quant_cpp import cpu_flags
 from tridiff import _dispatch, _ext, ops
 from tridiff.generate import generate
@@ -99,16 +100,10 @@ def test_the_panels_round_the_activations_as_the_reference():
 
 def test_zero_points_and_scales_matter():
     """Codes all 8 with per-group zero points and scales: y = sum_g s_g (8 - z_g) d_g sum(q_g)."""
-    K, N, group = 256, 16, 64
-    G = K // group
-    codes = torch.full((K, N), 8, dtype=torch.int32)
-    z = torch.arange(G * N, dtype=torch.int32).view(G, N) % 16
-    s = (0.5 + torch.arange(G * N).view(G, N) / 64).to(torch.float16)
-    qweight, zeros = gptq.pack_rows(codes, 4), gptq.pack_cols(z, 4)
-    x = torch.randn(3, K, generator=torch.Generator().manual_seed(3))
+    qweight, zeros, s, z, x, group = zero_point_case()
     got = ops.quant_linear_a8(x, qweight, s, zeros, bits=4, group_size=group, backend="cpp")
     q, d = round_activations_int8(x, group)
-    qs = q.double().view(3, G, group).sum(-1) * d.double()                # [3, G]
+    qs = q.double().view(3, -1, group).sum(-1) * d.double()               # [3, G]
     want = qs @ (s.double() * (8 - z).double())
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
 
@@ -326,17 +321,7 @@ def test_self_speculation_equals_ar_with_int8_activations_through_the_stack(bund
     """int8 activations everywhere, the packed head included."""
     model = Model.from_pretrained(bundled_q4_head, dtype=torch.float32, activations="int8")
     assert model.activations == "int8" and isinstance(model.diffusion_head, PackedLinear)
-    tok = Tokenizer.from_pretrained(bundled_q4_head)
-    prompts = code_prompts(tok)
-    n, L = 32, 16
-    ar = generate(model, prompts, mode="ar", max_new_tokens=n + L - 1).results
-    ar_forwards = len(stack_rows)
-    spec = generate(model, prompts, mode="linear-spec", max_new_tokens=n, block_length=L).results
-    assert min(stack_rows) > 0, stack_rows   # every forward of both ran the C++ stack
-    assert 2 * L in stack_rows[ar_forwards:]
-    for a, s in zip(ar, spec):
-        assert len(s.tokens) >= min(n, len(a.tokens)) and s.tokens == a.tokens[:len(s.tokens)]
-    assert sum(len(s.tokens) for s in spec) > sum(s.nfe for s in spec)
+    assert_spec_equals_ar_through_the_stack(model, Tokenizer.from_pretrained(bundled_q4_head), stack_rows)
 
 
 def test_cli_generate_takes_int8_activations_and_refuses_them_for_full_weights(bundled_q4, capsys):
@@ -363,20 +348,7 @@ def test_the_engine_serves_a_w4a8_model_each_request_as_generate_alone(bundled_q
     """The engine on the quantized bundled model with int8 activations (head packed too):
     strategies sharing steps, each request's tokens equal to its solo generate (the
     activations are rounded per row, so a row does not depend on its batch)."""
-    from tridiff.engine import Engine
-
-    model = Model.from_pretrained(bundled_q4_head, dtype=torch.float32, activations="int8")
-    prompts = [[1, 300, 301, 302, 40, 41], [1, 500, 501, 90, 91, 92, 93, 94, 95, 96]]
-    eng = Engine(model, max_rows=8, max_context=512, prefill_chunk=16)
-    want = {}
-    for mode in ("ar", "linear-spec", "quadratic-spec", "auto"):
-        for p in prompts:
-            rid = eng.add_request(p, strategy=mode, max_new_tokens=16)
-            want[rid] = generate(model, [p], mode="ar" if mode == "auto" else mode,
-                                 max_new_tokens=16).results[0].tokens
-    done = eng.run_until_done()
-    for rid, toks in want.items():
-        assert done[rid].tokens == toks
+    assert_batch_equals_solo(Model.from_pretrained(bundled_q4_head, dtype=torch.float32, activations="int8"))
 
 
 def test_serve_state_loads_with_int8_activations(bundled_q4):

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from tests.cpp.support import REASON
+from tests.quant.support import zero_point_case
 from tridiff import _ext, ops
 from tridiff.quant import gptq
 from tridiff.quant.packed import transposed_codes
@@ -81,15 +82,9 @@ def test_bf16_panels_match_the_reference(N, K, rows):
 def test_int4_zero_points_and_scales_matter():
     """The panels read each group's own scale and zero point: a weight whose codes are all
     8 computes -s (z - 8) sum_g x per group, exactly what the reference computes."""
-    K, N, group = 256, 16, 64
-    G = K // group
-    codes = torch.full((K, N), 8, dtype=torch.int32)
-    z = torch.arange(G * N, dtype=torch.int32).view(G, N) % 16
-    s = (0.5 + torch.arange(G * N).view(G, N) / 64).to(torch.float16)
-    qweight, zeros = gptq.pack_rows(codes, 4), gptq.pack_cols(z, 4)
-    x = torch.randn(3, K, generator=torch.Generator().manual_seed(3))
+    qweight, zeros, s, z, x, group = zero_point_case()
     got = ops.quant_linear(x, qweight, s, zeros, bits=4, group_size=group, backend="cpp")
-    xs = x.double().view(3, G, group).sum(-1)                       # [3, G]
+    xs = x.double().view(3, -1, group).sum(-1)                      # [3, G]
     want = xs @ (s.double() * (8 - z).double())                      # [3, N]
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
 

@@ -9,10 +9,9 @@ import pytest
 import torch
 
 from tests.cpp.support import REASON
-from tests.quant.support import code_prompts
+from tests.quant.support import assert_spec_equals_ar_through_the_stack
 from tests.ops.test_decoder import make_case, run
 from tridiff import _dispatch, layer_stack, ops
-from tridiff.generate import generate
 from tridiff.model import Model
 from tridiff.quant import gptq
 from tridiff.quant.load import from_pretrained
@@ -173,21 +172,9 @@ def test_packed_codes_are_held_once_in_the_cpu_layout(tiny_q4, stack_rows):
 
 
 def test_self_speculation_equals_ar_on_the_quantized_bundled_model_through_the_stack(bundled_q4, stack_rows):
-    q = bundled_q4
-    model = Model.from_pretrained(q, dtype=torch.float32)
+    model = Model.from_pretrained(bundled_q4, dtype=torch.float32)
     assert model.weight_format == "int4-g128"
-    tok = Tokenizer.from_pretrained(q)
-    prompts = code_prompts(tok)
-    n, L = 32, 16
-    ar = generate(model, prompts, mode="ar", max_new_tokens=n + L - 1).results
-    ar_forwards = len(stack_rows)
-    spec = generate(model, prompts, mode="linear-spec", max_new_tokens=n, block_length=L).results
-    assert ar_forwards > n and len(stack_rows) > ar_forwards
-    assert min(stack_rows) > 0, stack_rows   # every forward of both ran the C++ stack
-    assert 2 * L in stack_rows[ar_forwards:]   # draft-and-verify forwards of L rows per sequence
-    for a, s in zip(ar, spec):
-        assert len(s.tokens) >= min(n, len(a.tokens)) and s.tokens == a.tokens[:len(s.tokens)]
-    assert sum(len(s.tokens) for s in spec) > sum(s.nfe for s in spec)   # drafts are accepted
+    assert_spec_equals_ar_through_the_stack(model, Tokenizer.from_pretrained(bundled_q4), stack_rows)
 
 
 def test_narrow_models_take_the_stack_beyond_the_full_precision_limit(tiny_q4, stack_rows, monkeypatch):
